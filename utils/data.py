@@ -1,0 +1,178 @@
+"""Datalists, image folders, the reference transforms, and a dataset that reports
+unreadable images instead of crashing or hiding them.
+
+A datalist line is ``<relative image path> <integer label>`` (a trailing space occurs);
+the path is joined to the image directory and gets ``.jpg`` when it has no extension.
+Images enter the model as RGB tensors in [0, 1]; the model normalises them itself.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Batch",
+    "ImageList",
+    "check_images_exist",
+    "collate_skip_unreadable",
+    "eval_transform",
+    "folder_samples",
+    "read_datalist",
+    "samples_from",
+    "train_transform",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+Sample = tuple[str, int]
+
+
+def read_datalist(list_path: str | os.PathLike, img_dir: str | os.PathLike = "", num_classes: int | None = None) -> list[Sample]:
+    """Parse a datalist into ``(absolute image path, label)`` pairs.
+
+    Raises:
+        FileNotFoundError: the list does not exist.
+        ValueError: ``file:line`` of the first malformed line or label outside
+            ``[0, num_classes)``, with the line itself; or a list without any entry.
+    """
+    list_path = os.fspath(list_path)
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"datalist not found: {list_path!r}")
+    samples = []
+    with open(list_path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            fields = text.rsplit(maxsplit=1)
+            if len(fields) != 2 or not _is_int(fields[1]):
+                raise ValueError(
+                    f"{list_path}:{line_number}: malformed line {text!r}: expected '<image path> <integer label>'"
+                )
+            relative_path, label = fields[0], int(fields[1])
+            if label < 0 or (num_classes is not None and label >= num_classes):
+                bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+                raise ValueError(f"{list_path}:{line_number}: label {label} outside {bound} in line {text!r}")
+            if not os.path.splitext(relative_path)[1]:
+                relative_path += ".jpg"
+            samples.append((os.path.join(os.fspath(img_dir), relative_path), label))
+    if not samples:
+        raise ValueError(f"{list_path}: the datalist has no entry")
+    return samples
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def folder_samples(root: str | os.PathLike) -> tuple[list[Sample], list[str]]:
+    """``(image path, label)`` pairs of a folder of class subfolders, labels by sorted
+    subfolder name; also returns the class names."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder not found: {root!r}")
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not classes:
+        raise ValueError(f"{root}: no class subfolders")
+    samples = []
+    for label, name in enumerate(classes):
+        for directory, _, files in sorted(os.walk(os.path.join(root, name))):
+            samples.extend(
+                (os.path.join(directory, file), label)
+                for file in sorted(files)
+                if file.lower().endswith(IMAGE_EXTENSIONS)
+            )
+    if not samples:
+        raise ValueError(f"{root}: no image in its class subfolders")
+    return samples, classes
+
+
+def samples_from(source: str | os.PathLike, img_dir: str | os.PathLike = "", num_classes: int | None = None) -> list[Sample]:
+    """Samples of a datalist file, or of a folder of class subfolders."""
+    if os.path.isdir(source):
+        samples, classes = folder_samples(source)
+        if num_classes is not None and len(classes) > num_classes:
+            raise ValueError(f"{source}: {len(classes)} class folders but num_classes={num_classes}")
+        return samples
+    return read_datalist(source, img_dir, num_classes)
+
+
+def check_images_exist(samples: Sequence[Sample], source: str = "the datalist") -> None:
+    """Fail before any work starts when images of ``source`` are missing.
+
+    Raises:
+        FileNotFoundError: naming the first missing image and how many are missing.
+    """
+    missing = [path for path, _ in samples if not os.path.isfile(path)]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"{source}: image not found: {missing[0]!r}{more} ({len(missing)} of {len(samples)} missing)")
+
+
+def train_transform(input_size: int = 256, crop_size: int = 224) -> Callable:
+    """Resize(smaller edge) -> RandomCrop -> RandomHorizontalFlip -> ToTensor (no normalisation)."""
+    return transforms.Compose(
+        [
+            transforms.Resize(input_size),
+            transforms.RandomCrop(crop_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+        ]
+    )
+
+
+def eval_transform(input_size: int = 256, crop_size: int = 224) -> Callable:
+    """Resize(smaller edge) -> CenterCrop -> ToTensor (no normalisation)."""
+    return transforms.Compose([transforms.Resize(input_size), transforms.CenterCrop(crop_size), transforms.ToTensor()])
+
+
+class ImageList(Dataset):
+    """Images and labels of a sample list; an unreadable image yields ``None`` (with the
+    reason) so the batch can drop it and the caller can report it."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None) -> None:
+        self.samples = list(samples)
+        self.transform = transform if transform is not None else transforms.ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as image:
+                tensor = self.transform(image.convert("RGB"))
+        except Exception as error:  # corrupt, truncated, missing or unsupported: all reported
+            return None, label, index, f"{error.__class__.__name__}: {error}"
+        return tensor, label, index, None
+
+
+class Batch(NamedTuple):
+    """A collated batch: readable images (N x 3 x H x W or None), their labels and dataset
+    indices, and ``(index, reason)`` of the images that could not be read."""
+
+    images: torch.Tensor | None
+    labels: torch.Tensor
+    indices: torch.Tensor
+    failed: list[tuple[int, str]]
+
+
+def collate_skip_unreadable(items) -> Batch:
+    """``collate_fn`` for :class:`ImageList`: stacks the readable images, lists the rest."""
+    good = [item for item in items if item[0] is not None]
+    failed = [(index, reason) for image, _, index, reason in items if image is None]
+    images = torch.stack([item[0] for item in good]) if good else None
+    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    indices = torch.tensor([item[2] for item in good], dtype=torch.long)
+    return Batch(images, labels, indices, failed)
