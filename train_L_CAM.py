@@ -1,0 +1,299 @@
+"""Train the attention mechanism of an L-CAM variant with the reference recipe.
+
+One script for the nine variants (``--arch`` names the file in ``models/``), on one device
+or, through ``torchrun``, on several (DistributedDataParallel, only rank 0 writes).
+Defaults are the authors' (SPEC sections 2-4, 6-7); ``python train_L_CAM.py --help``
+explains every flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import warnings
+
+import torch
+
+from models import ARCHS, build_model
+from utils.checkpoint import find_newest_checkpoint
+from utils.data import (
+    ImageList,
+    ResumableSampler,
+    SeededAugmentation,
+    build_loader,
+    check_images_exist,
+    samples_from,
+    train_transform,
+)
+from utils.optim import build_optimizer
+from utils.runtime import AMP_CHOICES, grad_scaler, init_distributed, seed_everything
+from utils.training import TrainOptions, TrainState, fit, resume_training, run_script
+
+ROOT_DIR = os.path.dirname(os.path.abspath(__file__))
+REFERENCE_EPOCHS = {"VGG16": 8, "ResNet50": 26}
+
+
+def _true_false(text: str) -> str:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected 'True' or 'False', got {text!r}")
+    return "True" if text.lower() == "true" else "False"
+
+
+def backbone_family(arch: str) -> str:
+    """``"VGG16"`` or ``"ResNet50"``: the prefix of the reference arch names."""
+    return "VGG16" if arch.startswith("VGG16") else "ResNet50"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train an L-CAM attention head on a frozen ImageNet classifier (reference recipe by default).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        add_help=add_help,
+    )
+    paths = parser.add_argument_group("data and paths (reference flags)")
+    paths.add_argument("--root_dir", default=ROOT_DIR, help="project root; the defaults below are relative to it")
+    paths.add_argument(
+        "--img_dir",
+        default=None,
+        help="folder the datalist paths are relative to [ROOT_DIR/dataset/ILSVRC2012_img_train]",
+    )
+    paths.add_argument(
+        "--train_list",
+        default=None,
+        help="training datalist ('<image path> <label>' per line, model-truth labels) or a folder of class "
+        "subfolders (labels by sorted folder name) [ROOT_DIR/datalist/ILSVRC/{VGG16|ResNet50}_train.txt by --arch]",
+    )
+    paths.add_argument(
+        "--test_list",
+        default=None,
+        help="evaluation datalist; recorded only, training does not read it, as in the reference "
+        "[ROOT_DIR/datalist/ILSVRC/Evaluation_2000.txt]",
+    )
+    paths.add_argument("--snapshot_dir", default=None, help="where checkpoints and logs go [ROOT_DIR/snapshots/ARCH]")
+    paths.add_argument(
+        "--restore_from",
+        default="",
+        help="resume from this checkpoint file instead of the newest one of --snapshot_dir (needs --resume True)",
+    )
+    paths.add_argument(
+        "--resume",
+        type=_true_false,
+        default="True",
+        help="'True': continue from the newest checkpoint of --snapshot_dir (or --restore_from) when there is one; "
+        "'False': start from scratch",
+    )
+    paths.add_argument("--dataset", default="imagenet", help="dataset name, recorded (reference flag)")
+
+    recipe = parser.add_argument_group("model and recipe (reference flags)")
+    recipe.add_argument(
+        "--arch", default="VGG16_L_CAM_Fm", choices=ARCHS, metavar="ARCH", help=f"variant: {', '.join(ARCHS)}"
+    )
+    recipe.add_argument(
+        "--num_classes", type=int, default=1000, help="classes of the classifier and the datalist labels"
+    )
+    recipe.add_argument(
+        "--batch_size", type=int, default=64, help="images per optimizer step (per process under torchrun)"
+    )
+    recipe.add_argument("--input_size", type=int, default=256, help="Resize: the smaller image edge")
+    recipe.add_argument("--crop_size", type=int, default=224, help="RandomCrop size")
+    recipe.add_argument(
+        "--lr", type=float, default=1e-4, help="base lr: the head's weights train at 100 x lr, its biases at 200 x lr"
+    )
+    recipe.add_argument(
+        "--epoch", type=int, default=None, help="epochs to train [8 for the VGG16 variants, 26 for the ResNet50 ones]"
+    )
+    recipe.add_argument("--disp_interval", type=int, default=40, help="steps between progress updates")
+    recipe.add_argument(
+        "--global_counter", type=int, default=0, help="global step to start from (without a checkpoint)"
+    )
+    recipe.add_argument(
+        "--current_epoch", type=int, default=0, help="epoch to start from, 0-based (without a checkpoint)"
+    )
+    recipe.add_argument(
+        "--decay_points", default="none", help="ignored, as in the reference (lr x 0.75 per epoch 1..22)"
+    )
+    recipe.add_argument("--num_gpu", type=int, default=1, help="ignored; use torchrun --nproc_per_node N for N GPUs")
+
+    extra = parser.add_argument_group("project flags")
+    extra.add_argument(
+        "--backbone_weights",
+        default="IMAGENET1K_V1",
+        help="torchvision weights name (IMAGENET1K_V1 = the reference's), a path to a torchvision state_dict, "
+        "or 'none' for random init",
+    )
+    extra.add_argument(
+        "--backbone_mode",
+        choices=("reference", "frozen"),
+        default="reference",
+        help="'reference': the whole model in train mode (dropout on, BatchNorm statistics drift); "
+        "'frozen': BatchNorm and Dropout of the classifier stay in eval mode",
+    )
+    extra.add_argument(
+        "--mask_loss_maps",
+        choices=("batch", "own"),
+        default="batch",
+        help="maps in the area/smoothness terms: 'batch' = every label of the batch (reference code), "
+        "'own' = each image's own label (paper)",
+    )
+    extra.add_argument(
+        "--normalize_first_pass",
+        action="store_true",
+        help="ResNet50_L_CAM_ImgA: feed the normalised image to the attention pass (the reference feeds the raw one)",
+    )
+    extra.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    extra.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes [min(8, CPU cores / processes on this node)]; results do not depend on it",
+    )
+    extra.add_argument("--amp", choices=AMP_CHOICES, default="none", help="mixed precision of forward and loss")
+    extra.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster on GPUs)")
+    extra.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    extra.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
+    extra.add_argument(
+        "--save_full",
+        action="store_true",
+        help="also write the reference's full-model snapshot imagenet_epoch_{E}_glo_step_{S}.pth.tar each epoch",
+    )
+    extra.add_argument(
+        "--save_every", type=int, default=0, help="also save a mid-epoch checkpoint every N global steps (0: off)"
+    )
+    extra.add_argument(
+        "--stop_after_step",
+        type=int,
+        default=0,
+        help="end the run right after this global step as an interruption would, without an extra checkpoint "
+        "(to try resuming); 0: off",
+    )
+    extra.add_argument("--no_progress", action="store_true", help="no progress bar (epoch summaries are still printed)")
+    return parser
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the defaults that depend on ``--root_dir`` and ``--arch``; check values."""
+    family = backbone_family(args.arch)
+    datalists = os.path.join(args.root_dir, "datalist", "ILSVRC")
+    if args.img_dir is None:
+        args.img_dir = os.path.join(args.root_dir, "dataset", "ILSVRC2012_img_train")
+    if args.train_list is None:
+        args.train_list = os.path.join(datalists, f"{family}_train.txt")
+    if args.test_list is None:
+        args.test_list = os.path.join(datalists, "Evaluation_2000.txt")
+    if args.snapshot_dir is None:
+        args.snapshot_dir = os.path.join(args.root_dir, "snapshots", args.arch)
+    if args.epoch is None:
+        args.epoch = REFERENCE_EPOCHS[family]
+    for flag in ("batch_size", "input_size", "crop_size", "epoch", "disp_interval", "num_classes"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"'--{flag}' must be >= 1, got {getattr(args, flag)}")
+    for flag in ("save_every", "stop_after_step", "global_counter", "current_epoch"):
+        if getattr(args, flag) < 0:
+            raise ValueError(f"'--{flag}' must be >= 0, got {getattr(args, flag)}")
+    if args.crop_size > args.input_size:
+        raise ValueError(f"'--crop_size' {args.crop_size} is larger than '--input_size' {args.input_size}")
+    if args.restore_from and args.resume == "False":
+        raise ValueError("'--restore_from' given with '--resume False': drop one of them")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise ValueError(f"'--num_workers' must be >= 0, got {args.num_workers}")
+    return args
+
+
+def _default_workers() -> int:
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(8, (os.cpu_count() or 1) // local_processes))
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    args = resolve_defaults(args)
+    if args.num_workers is None:
+        args.num_workers = _default_workers()
+    dist = init_distributed(args.device)
+    device = dist.device
+    if dist.is_main:
+        print("Running parameters:\n" + json.dumps(vars(args), indent=4), flush=True)
+        if args.num_gpu > 1 and not dist.enabled:
+            warnings.warn(
+                "--num_gpu is ignored: start several processes with torchrun --nproc_per_node N", stacklevel=1
+            )
+
+    samples = samples_from(args.train_list, args.img_dir, args.num_classes)
+    check_images_exist(samples, args.train_list)
+
+    seed_everything(args.seed)  # every process builds the same model
+    settings = {"mask_loss_maps": args.mask_loss_maps}
+    if args.normalize_first_pass:
+        settings["normalize_first_pass"] = True
+    pretrained = False if args.backbone_weights.lower() == "none" else args.backbone_weights
+    model = build_model(args.arch, pretrained, args.num_classes, args.backbone_mode, **settings).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, args.lr)
+    scaler = grad_scaler(device, args.amp)
+    seed_everything(args.seed + dist.rank)  # dropout differs between processes
+
+    state = TrainState(epoch=args.current_epoch, global_counter=args.global_counter)
+    source = _checkpoint_to_resume(args)
+    if source is not None:
+        state, metadata = resume_training(source, model, optimizer, scaler, dist, args.batch_size)
+        if dist.is_main:
+            where = f"epoch {state.epoch}" + (f", after batch {state.batches_done}" if state.batches_done else "")
+            print(f"=> resumed from {metadata['path']}: continuing at {where}, global step {state.global_counter}")
+    elif args.resume == "True" and dist.is_main:
+        print(f"=> no checkpoint in {args.snapshot_dir}: training from the start")
+    if state.epoch >= args.epoch:
+        if dist.is_main:
+            print(f"nothing to do: {state.epoch} of {args.epoch} epochs already trained")
+        return []
+
+    dataset = SeededAugmentation(ImageList(samples, train_transform(args.input_size, args.crop_size)))
+    sampler = ResumableSampler(dataset, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
+    loader = build_loader(dataset, args.batch_size, device, sampler, args.num_workers, seed=args.seed)
+    forward_model = model
+    if dist.enabled:
+        device_ids = [device.index] if device.type == "cuda" else None
+        forward_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if args.compile:
+        forward_model = torch.compile(forward_model)
+
+    options = TrainOptions(
+        device=device,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        disp_interval=args.disp_interval,
+        snapshot_dir=args.snapshot_dir,
+        save_every=args.save_every,
+        save_full=args.save_full,
+        stop_after_step=args.stop_after_step,
+        args=vars(args),
+        progress=not args.no_progress,
+    )
+    try:
+        return fit(model, loader, optimizer, args.epoch, options, state, scaler, forward_model, dist)
+    finally:
+        if dist.enabled:
+            torch.distributed.destroy_process_group()
+
+
+def _checkpoint_to_resume(args: argparse.Namespace) -> str | None:
+    """The checkpoint ``--resume``/``--restore_from`` ask for, or None to start afresh."""
+    if args.resume == "False":
+        if os.path.isdir(args.snapshot_dir) and find_newest_checkpoint(args.snapshot_dir):
+            warnings.warn(
+                f"--resume False but {args.snapshot_dir} holds checkpoints: they are kept, and a later "
+                "--resume True picks the one with the highest global step",
+                stacklevel=2,
+            )
+        return None
+    if args.restore_from:
+        if not os.path.isfile(args.restore_from):
+            raise FileNotFoundError(f"'--restore_from' checkpoint not found: {args.restore_from!r}")
+        return args.restore_from
+    if os.path.isdir(args.snapshot_dir):
+        return find_newest_checkpoint(args.snapshot_dir)
+    return None
+
+
+if __name__ == "__main__":
+    run_script(main, get_args_parser())
