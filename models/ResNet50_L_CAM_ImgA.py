@@ -7,4 +7,6 @@ unnormalised image; ``model(normalize_first_pass=True)`` corrects it.
 from models.backbones import ResNet50LCAM
 from models.lcam import variant
 
-model = variant(ResNet50LCAM, "ResNet50_L_CAM_ImgA", __doc__, apply_cam_to="image", loss="ce", normalize_first_pass=False)
+model = variant(
+    ResNet50LCAM, "ResNet50_L_CAM_ImgA", __doc__, apply_cam_to="image", loss="ce", normalize_first_pass=False
+)

@@ -21,13 +21,18 @@ ARCHS = (
 )
 
 
-def build_model(arch: str, pretrained=True, num_classes: int = 1000, backbone_mode: str = "reference", **settings) -> LCAM:
+def build_model(
+    arch: str, pretrained=True, num_classes: int = 1000, backbone_mode: str = "reference", **settings
+) -> LCAM:
     """``models.<arch>.model(...)`` for a variant named by string.
 
     Raises:
         ValueError: ``arch`` is not a registered variant (the message lists them).
     """
+    if arch == "generic":  # any CNN: settings backbone=..., layer=..., input_size=... (models/generic.py)
+        module = importlib.import_module("models.generic")
+        return module.model(pretrained=pretrained, num_classes=num_classes, backbone_mode=backbone_mode, **settings)
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}, generic")
     module = importlib.import_module(f"models.{arch}")
     return module.model(pretrained=pretrained, num_classes=num_classes, backbone_mode=backbone_mode, **settings)

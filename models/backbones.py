@@ -15,6 +15,7 @@ import torchvision
 from torch import nn
 
 from models.lcam import LCAM
+from utils.errors import state_dict_mismatch
 
 __all__ = ["ResNet50LCAM", "VGG16LCAM", "load_torchvision_classifier"]
 
@@ -52,7 +53,6 @@ def load_torchvision_classifier(
         return builder(weights=None, num_classes=num_classes), "none"
     if not isinstance(pretrained, (str, os.PathLike)):
         raise TypeError(f"'pretrained' must be a bool, a weights name or a path, got {type(pretrained).__name__}")
-    model = builder(weights=None, num_classes=num_classes)
     if isinstance(pretrained, str) and pretrained in weights_enum.__members__:
         if num_classes != 1000:
             raise ValueError(
@@ -67,8 +67,7 @@ def load_torchvision_classifier(
                 f"could not download the {weights_enum.__name__}.{pretrained} weights ({error.__class__.__name__}: "
                 f"{error}); connect to the internet, or pass pretrained=<path to a torchvision state_dict>"
             ) from error
-        model.load_state_dict(state_dict)
-        return model, f"{weights_enum.__name__}.{pretrained}"
+        return _with_weights(builder, num_classes, state_dict), f"{weights_enum.__name__}.{pretrained}"
     path = os.fspath(pretrained)
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -78,19 +77,26 @@ def load_torchvision_classifier(
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state_dict, dict) and "state_dict" in state_dict:
         state_dict = state_dict["state_dict"]
-    result = model.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path!r} is not a torchvision {builder.__name__} state_dict: missing keys "
-            f"{_abbreviate(result.missing_keys)}, unexpected keys {_abbreviate(result.unexpected_keys)}"
-        )
+    try:
+        model = _with_weights(builder, num_classes, state_dict)
+    except ValueError as error:
+        raise ValueError(f"{path!r} is not a torchvision {builder.__name__} state_dict: {error}") from error
     return model, os.path.abspath(path)
 
 
-def _abbreviate(keys: list[str], shown: int = 4) -> str:
-    if len(keys) <= shown:
-        return str(keys)
-    return f"{keys[:shown]} and {len(keys) - shown} more"
+def _with_weights(builder: Callable[..., nn.Module], num_classes: int, state_dict: dict) -> nn.Module:
+    """The model built without its (slow, discarded) random init, holding ``state_dict``.
+
+    Raises:
+        ValueError: naming the missing and unexpected keys, or the mismatching shapes.
+    """
+    with torch.device("meta"):
+        model = builder(weights=None, num_classes=num_classes)
+    problem = state_dict_mismatch(model.state_dict(), state_dict)
+    if problem:
+        raise ValueError(problem)
+    model.load_state_dict(state_dict, assign=True)
+    return model
 
 
 class VGG16LCAM(LCAM):

@@ -108,12 +108,15 @@ def smoothness_loss(masks: torch.Tensor) -> torch.Tensor:
     """
     vertical = (masks[:, :, 1:, :] - masks[:, :, :-1, :]).abs().pow(SMOOTHNESS_POWER).sum()
     horizontal = (masks[:, :, :, 1:] - masks[:, :, :, :-1]).abs().pow(SMOOTHNESS_POWER).sum()
-    border = BORDER_PENALTY * (
-        masks[:, :, -1, :].pow(SMOOTHNESS_POWER)
-        + masks[:, :, 0, :].pow(SMOOTHNESS_POWER)
-        + masks[:, :, :, -1].pow(SMOOTHNESS_POWER)
-        + masks[:, :, :, 0].pow(SMOOTHNESS_POWER)
-    ).sum()
+    border = (
+        BORDER_PENALTY
+        * (
+            masks[:, :, -1, :].pow(SMOOTHNESS_POWER)
+            + masks[:, :, 0, :].pow(SMOOTHNESS_POWER)
+            + masks[:, :, :, -1].pow(SMOOTHNESS_POWER)
+            + masks[:, :, :, 0].pow(SMOOTHNESS_POWER)
+        ).sum()
+    )
     return (vertical + horizontal + border) / float(SMOOTHNESS_POWER * masks.size(0))
 
 
@@ -243,7 +246,7 @@ class LCAM(nn.Module):
         """ImageNet normalisation of images in [0, 1]."""
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
-    def train(self, mode: bool = True) -> "LCAM":
+    def train(self, mode: bool = True) -> LCAM:
         super().train(mode)
         if self.backbone_mode == "frozen":
             for child in self.children():

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.errors import state_dict_mismatch
+
 __all__ = [
     "FORMAT",
     "checkpoint_name",
@@ -152,7 +154,9 @@ def load_checkpoint(
     if checkpoint.get("format") == FORMAT:
         expected_arch = getattr(target, "arch", None)
         if checkpoint.get("arch") != expected_arch:
-            raise ValueError(f"{path}: checkpoint of arch {checkpoint.get('arch')!r}, but the model is {expected_arch!r}")
+            raise ValueError(
+                f"{path}: checkpoint of arch {checkpoint.get('arch')!r}, but the model is {expected_arch!r}"
+            )
         if checkpoint.get("backbone_weights") not in (None, "unknown", getattr(target, "backbone_weights", None)):
             warnings.warn(
                 f"{path}: trained on backbone weights {checkpoint['backbone_weights']!r}, "
@@ -190,34 +194,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     if state_dict and all(key.startswith(prefix) for key in state_dict):
-        return {key[len(prefix):]: value for key, value in state_dict.items()}
+        return {key[len(prefix) :]: value for key, value in state_dict.items()}
     return state_dict
 
 
-def _abbreviate(keys: list[str], shown: int = 4) -> str:
-    if len(keys) <= shown:
-        return str(keys)
-    return f"{keys[:shown]} and {len(keys) - shown} more"
-
-
 def _check_fits(path: str, model: nn.Module, state_dict: dict[str, torch.Tensor], partial: bool) -> None:
-    expected = model.state_dict()
-    required = set(model.trainable_state_dict()) if partial and hasattr(model, "trainable_state_dict") else set(expected)
-    missing = sorted(required - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    arch = getattr(model, "arch", type(model).__name__)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: checkpoint does not fit {arch}: missing keys {_abbreviate(missing)}; "
-            f"unexpected keys {_abbreviate(unexpected)}"
-        )
-    mismatched = [
-        f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}"
-        for key, value in state_dict.items()
-        if value.shape != expected[key].shape
-    ]
-    if mismatched:
-        raise ValueError(f"{path}: checkpoint does not fit {arch}: shape mismatch {_abbreviate(mismatched)}")
+    required = model.trainable_state_dict() if partial and hasattr(model, "trainable_state_dict") else None
+    problem = state_dict_mismatch(model.state_dict(), state_dict, required)
+    if problem:
+        raise ValueError(f"{path}: checkpoint does not fit {getattr(model, 'arch', type(model).__name__)}: {problem}")
 
 
 def _load_optimizer(path: str, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -228,7 +213,10 @@ def _load_optimizer(path: str, optimizer: torch.optim.Optimizer, state: dict[str
         # The reference's optimizer holds every parameter in four groups; ours only the
         # trainable ones. Its momentum buffers can't be matched, so they are not restored
         # (the reference itself resumes with including_opt=False).
-        warnings.warn(f"{path}: optimizer state of another layout ({theirs} vs {ours} parameters per group) not restored", stacklevel=3)
+        warnings.warn(
+            f"{path}: optimizer state of another layout ({theirs} vs {ours} parameters per group) not restored",
+            stacklevel=3,
+        )
         return
     optimizer.load_state_dict(state)
 

@@ -13,7 +13,7 @@ Note: pytorch-grad-cam's "drop in confidence" is an absolute drop, not this rela
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -127,4 +127,8 @@ class ADICMeter:
 
     def summary(self) -> dict[str, float]:
         y, o = torch.cat(self._y), torch.cat(self._o)
-        return {"average_drop": average_drop(y, o), "increase_in_confidence": increase_in_confidence(y, o), "count": len(y)}
+        return {
+            "average_drop": average_drop(y, o),
+            "increase_in_confidence": increase_in_confidence(y, o),
+            "count": len(y),
+        }

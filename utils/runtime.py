@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import ContextManager, NamedTuple
+from contextlib import AbstractContextManager
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device, amp: str = "none") -> ContextManager:
+def autocast(device: torch.device, amp: str = "none") -> AbstractContextManager:
     """The mixed-precision context for ``amp`` in ``AMP_CHOICES`` (``"none"``: no-op).
 
     Forward passes and losses run inside it; fp16 on CUDA also needs :func:`grad_scaler`.
