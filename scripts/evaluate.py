@@ -1,0 +1,242 @@
+"""AD/IC evaluation of a trained L-CAM checkpoint: the shared parser and main of
+``Evaluation_L_CAM_VGG16.py`` and ``Evaluation_L_CAM_ResNet50.py`` (SPEC sections 5, 7).
+
+    python -m scripts.evaluate --arch ResNet50_L_CAM_Img --restore_from CKPT --percentages 0,0.5,0.85
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from models import ARCHS
+from utils.data import samples_from
+from utils.evaluation import (
+    EvaluationResult,
+    LCAMExplainer,
+    build_eval_loader,
+    evaluate,
+    format_summary,
+    load_lcam_model,
+    parse_percentages,
+    resolve_checkpoint,
+    write_result,
+)
+from utils.runtime import AMP_CHOICES, resolve_device
+
+__all__ = ["REPO_ROOT", "HelpFormatter", "cli", "get_args_parser", "main", "run_main"]
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, unless it is None or empty (those say theirs in brackets)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, "") or isinstance(action.default, bool):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def get_args_parser(
+    arch: str = "VGG16_L_CAM_Img",
+    percentage: float = 0.0,
+    train_list: str = "VGG16_train.txt",
+    add_help: bool = True,
+) -> argparse.ArgumentParser:
+    """The evaluation flags: the reference's (SPEC section 7) and the project's additions.
+
+    Args:
+        arch, percentage, train_list: the defaults of the calling script (the reference
+            VGG-16 script evaluates VGG16_L_CAM_Img at 0, the ResNet-50 one
+            ResNet50_L_CAM_Fm at 0.85).
+    """
+    parser = argparse.ArgumentParser(
+        description="AD/IC of an L-CAM checkpoint (SPEC section 5, batched; same numbers as the one-image loop).",
+        add_help=add_help,
+        formatter_class=HelpFormatter,
+    )
+    paths = parser.add_argument_group("paths (reference flags)")
+    paths.add_argument("--root_dir", default=REPO_ROOT, help="project root; the default paths below are under it")
+    paths.add_argument(
+        "--img_dir",
+        default=None,
+        help="directory the list's image paths are relative to [ROOT/dataset/ILSVRC2012_img_val]",
+    )
+    paths.add_argument(
+        "--train_list", default=None, help=f"accepted for compatibility, unused [ROOT/datalist/ILSVRC/{train_list}]"
+    )
+    paths.add_argument(
+        "--test_list",
+        default=None,
+        help="evaluation datalist ('<path> <label>' lines) or a folder of class subfolders "
+        "[ROOT/datalist/ILSVRC/Evaluation_2000.txt]",
+    )
+    paths.add_argument(
+        "--snapshot_dir", default=None, help="training run whose newest checkpoint is evaluated [ROOT/snapshots/ARCH]"
+    )
+    paths.add_argument(
+        "--restore_from", default="", help="checkpoint file (or folder) to evaluate; wins over --snapshot_dir [none]"
+    )
+    paths.add_argument(
+        "--resume", default="True", choices=("True", "False"), help="restore the newest checkpoint of --snapshot_dir"
+    )
+    paths.add_argument(
+        "--output", default=None, help="JSON results (+ CSV beside it) [ROOT/runs/evaluation/ARCH_AD_IC.json]"
+    )
+
+    protocol = parser.add_argument_group("model and protocol")
+    protocol.add_argument("--arch", default=arch, choices=ARCHS, metavar="ARCH", help=f"variant: {', '.join(ARCHS)}")
+    protocol.add_argument(
+        "--num_classes", type=int, default=None, help="classes of the model [the checkpoint's; the reference: 1000]"
+    )
+    protocol.add_argument(
+        "--backbone_weights",
+        default=None,
+        help="for head-only checkpoints: torchvision weights name, state_dict path or 'none' [the checkpoint's record]",
+    )
+    protocol.add_argument(
+        "--percentage",
+        type=float,
+        default=None,
+        help=f"fraction of the map's pixels dropped (0 keeps 100 %%, 0.85 keeps 15 %%) [{percentage:g}]",
+    )
+    protocol.add_argument(
+        "--percentages", default=None, help="several percentages in one pass sharing the plain forward, e.g. 0,0.5,0.85"
+    )
+    protocol.add_argument("--input_size", type=int, default=256, help="Resize of the smaller edge")
+    protocol.add_argument("--crop_size", type=int, default=224, help="CenterCrop")
+    protocol.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the list")
+
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--batch_size", type=int, default=64, help="images per batch (the reference: 1; same numbers)")
+    speed.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
+    speed.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    speed.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast the forward passes")
+    speed.add_argument("--channels_last", action="store_true", help="channels_last memory format")
+    speed.add_argument(
+        "--disp_interval", type=int, default=40, help="show the running AD/IC every N batches (0: never)"
+    )
+    parser.set_defaults(default_percentage=percentage, default_train_list=train_list)
+    return parser
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[float, ...]:
+    if args.percentage is not None and args.percentages is not None:
+        parser.error("give --percentage or --percentages, not both")
+    try:
+        if args.percentages is not None:
+            percentages = parse_percentages(args.percentages)
+        else:
+            percentage = args.default_percentage if args.percentage is None else args.percentage
+            percentages = parse_percentages([percentage])
+    except ValueError as error:
+        parser.error(f"--percentage(s): {error}")
+    for name in ("batch_size", "input_size", "crop_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.crop_size > args.input_size:
+        parser.error(f"--crop_size {args.crop_size} is larger than --input_size {args.input_size}")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
+    if args.num_workers < 0:
+        parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
+    return percentages
+
+
+def _fill_defaults(args: argparse.Namespace) -> None:
+    root = args.root_dir
+    if args.img_dir is None:
+        args.img_dir = os.path.join(root, "dataset", "ILSVRC2012_img_val")
+    if args.test_list is None:
+        args.test_list = os.path.join(root, "datalist", "ILSVRC", "Evaluation_2000.txt")
+    if args.train_list is None:
+        args.train_list = os.path.join(root, "datalist", "ILSVRC", args.default_train_list)
+    if args.snapshot_dir is None:
+        args.snapshot_dir = os.path.join(root, "snapshots", args.arch)
+    if args.output is None:
+        args.output = os.path.join(root, "runs", "evaluation", f"{args.arch}_AD_IC.json")
+
+
+def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> EvaluationResult:
+    """Evaluate the checkpoint ``args`` name; print the reference's lines, write the JSON
+    and CSV; return the :class:`utils.evaluation.EvaluationResult`."""
+    parser = parser or get_args_parser()
+    percentages = _check_args(parser, args)
+    _fill_defaults(args)
+    device = resolve_device(args.device)
+    checkpoint = resolve_checkpoint(args.restore_from, args.snapshot_dir, resume=args.resume == "True")
+    if not os.path.exists(args.test_list):
+        raise FileNotFoundError(f"--test_list not found: {args.test_list!r}")
+    model, metadata = load_lcam_model(args.arch, checkpoint, args.num_classes, args.backbone_weights, device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    samples = samples_from(args.test_list, args.img_dir, model.num_classes)
+    if args.limit is not None:
+        samples = samples[: args.limit]
+    print(
+        f"Evaluating {args.arch} from {metadata['path']} (epoch {metadata.get('epoch', '?')}) on {len(samples)} images "
+        f"of {args.test_list}, percentages {', '.join(f'{p:g}' for p in percentages)}, device {device}, amp {args.amp}"
+    )
+    loader = build_eval_loader(samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device)
+    explainer = LCAMExplainer(model)
+    result = evaluate(
+        explainer.classify,
+        explainer,
+        loader,
+        percentages,
+        device=device,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        disp_interval=args.disp_interval,
+    )
+    for line in format_summary(result):
+        print(line)
+    for entry in result.unreadable[:10]:
+        print(f"  unreadable: {entry['path']}: {entry['reason']}")
+    if result.num_unreadable > 10:
+        print(f"  ... and {result.num_unreadable - 10} more (all listed in {args.output})")
+    run = _run_info(args, metadata, device)
+    json_path, csv_path = write_result(result, args.output, run)
+    print(f"Results written to {json_path} and {csv_path}")
+    return result
+
+
+def _run_info(args: argparse.Namespace, metadata: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    arguments = {key: value for key, value in vars(args).items() if not key.startswith("default_")}
+    return {
+        "arch": args.arch,
+        "checkpoint": metadata["path"],
+        "checkpoint_epoch": metadata.get("epoch"),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "args": json.loads(json.dumps(arguments, default=str)),
+    }
+
+
+def run_main(parser: argparse.ArgumentParser, main_function: Callable, argv: Sequence[str] | None = None):
+    """Parse ``argv`` and call ``main_function(args, parser)``; a bad input (a missing file,
+    a wrong value) ends the program with one ``error:`` line and exit status 2."""
+    args = parser.parse_args(argv)
+    try:
+        return main_function(args, parser)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cli(argv: Sequence[str] | None = None, **defaults: Any) -> EvaluationResult:
+    """The evaluation command with the calling script's ``defaults`` (see
+    :func:`get_args_parser`)."""
+    return run_main(get_args_parser(**defaults), main, argv)
+
+
+if __name__ == "__main__":
+    cli()

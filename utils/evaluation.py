@@ -1,0 +1,657 @@
+"""The AD/IC evaluation protocol (SPEC section 5), batched, for any explainer.
+
+Per image, with ``p = softmax(classifier(image))`` computed in float32:
+
+1. the explained class is the prediction ``k = argmax p`` and ``Y = p[k]``;
+2. the explainer's map for ``k`` is min-max normalised per image and upsampled bilinearly
+   (``align_corners=False``) to the input size;
+3. :func:`utils.metrics.keep_top` keeps its top ``1 - percentage`` pixels (kept pixels keep
+   their value);
+4. ``O = softmax(classifier(image * map))[k]``, the image in [0, 1] space;
+5. ``AD = 100 / N * sum(max(0, Y - O) / Y)``, ``IC = 100 / N * count(O > Y)``.
+
+The plain forward is shared by all percentages of one pass. An *explainer* is any object
+with ``explain(images, classes) -> maps`` (N x 3 x H x W images in [0, 1], N classes, N x 1
+x h x w raw maps); one that also offers ``predict_and_explain(images) -> (logits, maps of
+the predicted class)`` saves the separate plain forward (L-CAM: one pass gives both).
+A *classifier* is a callable ``images in [0, 1] -> logits``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models import ARCHS, build_model
+from models.lcam import LCAM
+from utils.checkpoint import FORMAT, find_newest_checkpoint, load_checkpoint
+from utils.data import Batch, ImageList, collate_skip_unreadable, eval_transform
+from utils.metrics import average_drop, increase_in_confidence, keep_top, minmax_normalize
+from utils.runtime import autocast
+
+__all__ = [
+    "Classifier",
+    "EvaluationResult",
+    "Explainer",
+    "LCAMExplainer",
+    "build_eval_loader",
+    "evaluate",
+    "format_summary",
+    "lcam_classifier",
+    "load_lcam_model",
+    "normalize_and_upsample",
+    "parse_percentages",
+    "percentage_key",
+    "resolve_checkpoint",
+    "write_result",
+]
+
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+TOPK = (1, 5)
+
+
+@runtime_checkable
+class Explainer(Protocol):
+    """What :func:`evaluate` needs from an explanation method."""
+
+    def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Raw saliency maps (N x 1 x h x w, any h, w, any range) of ``classes`` (N)
+        for ``images`` (N x 3 x H x W in [0, 1], on the device)."""
+        ...
+
+
+class LCAMExplainer:
+    """L-CAM as an explainer: one forward pass gives the plain logits and the CAMs of all
+    classes; the map of class ``k`` is the raw attention output ``out.cams[:, k]`` (not its
+    sigmoid), as in the reference evaluation. Runs under ``torch.inference_mode``.
+
+    The caller puts ``model`` in eval mode (the scripts do); this class changes nothing on it.
+    """
+
+    def __init__(self, model: LCAM) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"'model' must be an L-CAM torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """The plain classifier's logits (``model(images).logits``, without computing the
+        CAMs: both are ``classify(normalize(images))`` for every variant)."""
+        with torch.inference_mode():
+            return self.model.classify(self.model.normalize(images))
+
+    def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """The raw CAMs of ``classes``, N x 1 x h x w."""
+        with torch.inference_mode():
+            cams = self.model(images).cams
+            return _select_maps(cams, classes.to(cams.device))
+
+    def predict_and_explain(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plain logits and the raw CAM of each image's predicted class, from one forward."""
+        with torch.inference_mode():
+            out = self.model(images)
+            return out.logits, _select_maps(out.cams, out.logits.argmax(dim=1))
+
+
+def lcam_classifier(model: LCAM) -> Classifier:
+    """The scoring classifier of an L-CAM model: images in [0, 1] -> plain logits."""
+    return LCAMExplainer(model).classify
+
+
+def _select_maps(cams: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    return cams[torch.arange(cams.size(0), device=cams.device), classes.long()].unsqueeze(1)
+
+
+def normalize_and_upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Steps 2 of the protocol: per-image min-max to [0, 1] (float32), then bilinear
+    upsampling (``align_corners=False``) to ``size`` (H, W). Accepts N x 1 x h x w or
+    N x h x w maps; returns N x 1 x H x W."""
+    if maps.dim() == 3:
+        maps = maps.unsqueeze(1)
+    if maps.dim() != 4 or maps.size(1) != 1:
+        raise ValueError(f"saliency maps must be N x 1 x h x w, got shape {tuple(maps.shape)}")
+    normalized = minmax_normalize(maps.float())
+    if tuple(normalized.shape[-2:]) == tuple(size):
+        return normalized
+    return F.interpolate(normalized, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def parse_percentages(text: str | Sequence[float]) -> tuple[float, ...]:
+    """``"0,0.5,0.85"`` (or a sequence of numbers) -> ``(0.0, 0.5, 0.85)``; each in [0, 1),
+    no duplicates."""
+    if isinstance(text, str):
+        fields = [field.strip() for field in text.split(",") if field.strip()]
+        try:
+            values = tuple(float(field) for field in fields)
+        except ValueError as error:
+            raise ValueError(f"percentages must be comma-separated numbers in [0, 1), got {text!r}") from error
+    else:
+        values = tuple(float(value) for value in text)
+    if not values:
+        raise ValueError(f"no percentage given in {text!r}")
+    bad = [value for value in values if not 0 <= value < 1]
+    if bad:
+        raise ValueError(f"percentages must be in [0, 1) (the fraction of pixels dropped), got {bad}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"duplicate percentages in {text!r}")
+    return values
+
+
+def percentage_key(percentage: float) -> str:
+    """The key of a percentage in results, JSON and CSV columns: ``0.5`` -> ``"0.5"``."""
+    return f"{percentage:g}"
+
+
+@dataclass
+class EvaluationResult:
+    """Per-image scores and per-percentage summaries of one evaluation pass.
+
+    Per image (readable images, in dataset order): ``indices``, ``paths``, ``labels``,
+    ``predicted`` (k), ``y`` (Y = p[k]), ``top1``/``top5`` (hits of the plain image), and per
+    percentage ``o`` (O), ``masked_top1``/``masked_top5`` (P x N). ``unreadable`` lists
+    ``{"index", "path", "reason"}`` of the images excluded.
+    """
+
+    percentages: tuple[float, ...]
+    indices: torch.Tensor
+    paths: list[str | None]
+    labels: torch.Tensor
+    predicted: torch.Tensor
+    y: torch.Tensor
+    o: torch.Tensor
+    top1: torch.Tensor
+    top5: torch.Tensor
+    masked_top1: torch.Tensor
+    masked_top5: torch.Tensor
+    unreadable: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def num_images(self) -> int:
+        return len(self.y)
+
+    @property
+    def num_unreadable(self) -> int:
+        return len(self.unreadable)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.num_images / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def summary(self) -> list[dict[str, float]]:
+        """One entry per percentage: AD, IC (percent), top-1/top-5 of plain and masked
+        images (percent), and the number of images averaged."""
+        entries = []
+        for row, percentage in enumerate(self.percentages):
+            entries.append(
+                {
+                    "percentage": percentage,
+                    "kept_percent": round(100 * (1 - percentage), 6),
+                    "average_drop": average_drop(self.y, self.o[row]),
+                    "increase_in_confidence": increase_in_confidence(self.y, self.o[row]),
+                    "top1": _percent(self.top1),
+                    "top5": _percent(self.top5),
+                    "masked_top1": _percent(self.masked_top1[row]),
+                    "masked_top5": _percent(self.masked_top5[row]),
+                    "count": self.num_images,
+                }
+            )
+        return entries
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Per-image dicts: index, path, label, predicted, y, and per percentage o,
+        masked_top1, masked_top5 (keyed by :func:`percentage_key`)."""
+        keys = [percentage_key(percentage) for percentage in self.percentages]
+        records = []
+        for column in range(self.num_images):
+            records.append(
+                {
+                    "index": int(self.indices[column]),
+                    "path": self.paths[column],
+                    "label": int(self.labels[column]),
+                    "predicted": int(self.predicted[column]),
+                    "y": float(self.y[column]),
+                    "o": {key: float(self.o[row, column]) for row, key in enumerate(keys)},
+                    "top1": bool(self.top1[column]),
+                    "top5": bool(self.top5[column]),
+                    "masked_top1": {key: bool(self.masked_top1[row, column]) for row, key in enumerate(keys)},
+                    "masked_top5": {key: bool(self.masked_top5[row, column]) for row, key in enumerate(keys)},
+                }
+            )
+        return records
+
+
+def _percent(hits: torch.Tensor) -> float:
+    return float(hits.double().mean() * 100) if len(hits) else float("nan")
+
+
+def _check_maps(maps: torch.Tensor, num_images: int, explainer: object) -> torch.Tensor:
+    if not torch.is_tensor(maps):
+        raise TypeError(f"{type(explainer).__name__}.explain must return a tensor, got {type(maps).__name__}")
+    if maps.dim() == 3:
+        maps = maps.unsqueeze(1)
+    if maps.dim() != 4 or maps.size(0) != num_images or maps.size(1) != 1:
+        raise ValueError(
+            f"{type(explainer).__name__} returned maps of shape {tuple(maps.shape)}, expected {num_images} x 1 x h x w"
+        )
+    return maps
+
+
+def _hits(probabilities: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 and top-5 hits per image (top-min(5, K) when there are fewer classes)."""
+    top = probabilities.topk(min(max(TOPK), probabilities.size(1)), dim=1).indices
+    correct = top.eq(labels.view(-1, 1))
+    return correct[:, :1].any(dim=1), correct.any(dim=1)
+
+
+def _unpack(batch, position: int) -> Batch:
+    """A :class:`utils.data.Batch`, or an ``(images, labels[, indices])`` tuple as one."""
+    if isinstance(batch, Batch):
+        return batch
+    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
+        images, labels = batch[0], torch.as_tensor(batch[1])
+        indices = torch.as_tensor(batch[2]) if len(batch) == 3 else torch.arange(position, position + len(labels))
+        return Batch(images, labels, indices, [])
+    raise TypeError(
+        f"the loader must yield utils.data.Batch or (images, labels[, indices]), got {type(batch).__name__}"
+    )
+
+
+def evaluate(
+    classifier: Classifier,
+    explainer: Explainer,
+    loader: Iterable,
+    percentages: Sequence[float] = (0.0,),
+    device: torch.device | str = "cpu",
+    amp: str = "none",
+    channels_last: bool = False,
+    disp_interval: int = 0,
+    progress: bool = True,
+    description: str = "AD/IC",
+) -> EvaluationResult:
+    """Run the protocol of the module docstring over ``loader`` at every percentage.
+
+    Args:
+        classifier: images in [0, 1] (N x 3 x H x W) -> logits (N x K); run under
+            ``torch.inference_mode`` for the plain and the masked images.
+        explainer: see :class:`Explainer`. Its ``explain`` is called outside inference mode
+            (gradient methods need autograd); ``predict_and_explain`` is used when present.
+        loader: yields :class:`utils.data.Batch` (as built by :func:`build_eval_loader`; its
+            ``failed`` images are reported, not averaged) or ``(images, labels[, indices])``.
+        percentages: fractions of pixels dropped (0 keeps all, 0.85 keeps 15 %).
+        device: where the computation runs.
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"``: autocast around the classifier and the
+            explainer; softmax, normalisation and masking stay in float32.
+        channels_last: feed the images in channels_last memory format.
+        disp_interval: show the running AD/IC every this many batches (0: never; each
+            display waits for the device).
+        progress: show a tqdm bar (images/s).
+
+    Returns:
+        :class:`EvaluationResult`.
+
+    Raises:
+        ValueError: no readable image in ``loader``, or maps of a wrong shape.
+    """
+    percentages = parse_percentages(percentages)
+    device = torch.device(device)
+    paths = (
+        [path for path, _ in loader.dataset.samples]
+        if isinstance(getattr(loader, "dataset", None), ImageList)
+        else None
+    )
+    total = len(loader.dataset) if hasattr(getattr(loader, "dataset", None), "__len__") else None
+    columns: dict[str, list[torch.Tensor]] = {
+        name: [] for name in ("indices", "labels", "predicted", "y", "o", "top1", "top5", "masked_top1", "masked_top5")
+    }
+    unreadable: list[dict[str, Any]] = []
+    bar = tqdm(total=total, unit="img", desc=description, disable=not progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    seen = 0
+    try:
+        for batch_number, raw_batch in enumerate(loader, start=1):
+            batch = _unpack(raw_batch, seen)
+            seen += len(batch.labels) + len(batch.failed)
+            for index, reason in batch.failed:
+                unreadable.append({"index": index, "path": paths[index] if paths else None, "reason": reason})
+                bar.write(f"unreadable image excluded: {paths[index] if paths else index}: {reason}")
+            if batch.images is None or len(batch.labels) == 0:
+                bar.update(len(batch.failed))
+                continue
+            scores = _evaluate_batch(classifier, explainer, batch, percentages, device, amp, channels_last)
+            for name, value in scores.items():
+                columns[name].append(value)
+            columns["indices"].append(batch.indices)
+            columns["labels"].append(batch.labels)
+            bar.update(len(batch.labels) + len(batch.failed))
+            if disp_interval and batch_number % disp_interval == 0:
+                y, o = torch.cat(columns["y"]), torch.cat(columns["o"], dim=1)
+                bar.set_postfix(AD=f"{average_drop(y, o[0]):.2f}", IC=f"{increase_in_confidence(y, o[0]):.2f}")
+    finally:
+        bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if not columns["y"]:
+        first = (
+            f"; first: {unreadable[0]['path'] or unreadable[0]['index']}: {unreadable[0]['reason']}"
+            if unreadable
+            else ""
+        )
+        raise ValueError(f"no readable image to evaluate ({len(unreadable)} unreadable{first})")
+    merged = {name: torch.cat([value.cpu() for value in values], dim=-1) for name, values in columns.items()}
+    return EvaluationResult(
+        percentages=percentages,
+        indices=merged["indices"],
+        paths=[paths[int(index)] for index in merged["indices"]] if paths else [None] * len(merged["indices"]),
+        labels=merged["labels"],
+        predicted=merged["predicted"],
+        y=merged["y"],
+        o=merged["o"],
+        top1=merged["top1"],
+        top5=merged["top5"],
+        masked_top1=merged["masked_top1"],
+        masked_top5=merged["masked_top5"],
+        unreadable=unreadable,
+        seconds=seconds,
+    )
+
+
+def _evaluate_batch(
+    classifier: Classifier,
+    explainer: Explainer,
+    batch: Batch,
+    percentages: tuple[float, ...],
+    device: torch.device,
+    amp: str,
+    channels_last: bool,
+) -> dict[str, torch.Tensor]:
+    """Scores of one batch, left on the device (no host synchronisation)."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = batch.images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    labels = batch.labels.to(device, non_blocking=True)
+    if hasattr(explainer, "predict_and_explain"):
+        with autocast(device, amp):
+            logits, maps = explainer.predict_and_explain(images)
+        with torch.inference_mode():
+            probabilities = logits.float().softmax(dim=1)
+            y, predicted = probabilities.max(dim=1)
+    else:
+        with torch.inference_mode(), autocast(device, amp):
+            logits = classifier(images)
+        with torch.inference_mode():
+            probabilities = logits.float().softmax(dim=1)
+            y, predicted = probabilities.max(dim=1)
+        # A clone made outside inference mode is a normal tensor, usable under autograd.
+        with autocast(device, amp):
+            maps = explainer.explain(images, predicted.clone())
+    with torch.inference_mode():
+        maps = normalize_and_upsample(_check_maps(maps, len(images), explainer), images.shape[-2:])
+        top1, top5 = _hits(probabilities, labels)
+        o, masked_top1, masked_top5 = [], [], []
+        for percentage in percentages:
+            masked = (images * keep_top(maps, percentage)).contiguous(memory_format=memory_format)
+            with autocast(device, amp):
+                masked_logits = classifier(masked)
+            masked_probabilities = masked_logits.float().softmax(dim=1)
+            o.append(masked_probabilities.gather(1, predicted.view(-1, 1)).squeeze(1))
+            hit1, hit5 = _hits(masked_probabilities, labels)
+            masked_top1.append(hit1)
+            masked_top5.append(hit5)
+        return {
+            "predicted": predicted,
+            "y": y,
+            "o": torch.stack(o),
+            "top1": top1,
+            "top5": top5,
+            "masked_top1": torch.stack(masked_top1),
+            "masked_top5": torch.stack(masked_top5),
+        }
+
+
+def format_summary(result: EvaluationResult) -> list[str]:
+    """The reference's printed lines (``Average Drop is: ...``, ``Increase in confidence
+    is: ...``, ``Top1: ... Top5: ...`` of the plain then the masked images), under a
+    header per percentage when there are several, then the unreadable-image count."""
+    lines = []
+    for entry in result.summary:
+        if len(result.percentages) > 1:
+            lines.append(
+                f"== percentage {entry['percentage']:g} (top {entry['kept_percent']:g} % of the pixels kept) =="
+            )
+        lines.append(f"Average Drop is:  {entry['average_drop']}")
+        lines.append(f"Increase in confidence is:  {entry['increase_in_confidence']}")
+        lines.append(f"Top1: {entry['top1']} Top5: {entry['top5']}")
+        lines.append(f"Top1: {entry['masked_top1']} Top5: {entry['masked_top5']}")
+    lines.append(
+        f"{result.num_images} images evaluated in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s); "
+        f"{result.num_unreadable} unreadable image(s) excluded"
+    )
+    return lines
+
+
+def write_result(
+    result: EvaluationResult, output: str | os.PathLike, run: dict[str, Any] | None = None
+) -> tuple[str, str]:
+    """Write ``output`` (JSON: ``run``, ``summary``, ``unreadable``, per-image ``images``)
+    and a CSV of the per-image scores next to it (same name, ``.csv``). Returns both paths."""
+    output = os.fspath(output)
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    document = {
+        "run": dict(run or {}),
+        "percentages": list(result.percentages),
+        "num_images": result.num_images,
+        "num_unreadable": result.num_unreadable,
+        "seconds": result.seconds,
+        "images_per_second": result.images_per_second,
+        "summary": result.summary,
+        "unreadable": result.unreadable,
+        "images": result.records,
+    }
+    _write_atomic(output, lambda handle: json.dump(document, handle, indent=1, default=_json_default))
+    csv_path = os.path.splitext(output)[0] + ".csv"
+    keys = [percentage_key(percentage) for percentage in result.percentages]
+    header = ["index", "path", "label", "predicted", "y", "top1", "top5"]
+    for key in keys:
+        header += [f"o@{key}", f"masked_top1@{key}", f"masked_top5@{key}"]
+
+    def write_rows(handle) -> None:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for record in result.records:
+            row = [record[name] for name in ("index", "path", "label", "predicted")]
+            row += [repr(record["y"]), int(record["top1"]), int(record["top5"])]
+            for key in keys:
+                row += [repr(record["o"][key]), int(record["masked_top1"][key]), int(record["masked_top5"][key])]
+            writer.writerow(row)
+
+    _write_atomic(csv_path, write_rows, newline="")
+    return output, csv_path
+
+
+def _json_default(value):
+    if torch.is_tensor(value):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def _write_atomic(path: str, write: Callable, newline: str | None = None) -> None:
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(temporary, "w", encoding="utf-8", newline=newline) as handle:
+            write(handle)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def build_eval_loader(
+    samples: Sequence[tuple[str, int]],
+    input_size: int = 256,
+    crop_size: int = 224,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+) -> DataLoader:
+    """The evaluation DataLoader: reference eval transform (Resize, CenterCrop, ToTensor),
+    dataset order, unreadable images reported in each :class:`utils.data.Batch`, pinned
+    memory and persistent prefetching workers on CUDA."""
+    if batch_size < 1:
+        raise ValueError(f"'batch_size' must be >= 1, got {batch_size}")
+    on_cuda = torch.device(device).type == "cuda"
+    return DataLoader(
+        ImageList(samples, eval_transform(input_size, crop_size)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_skip_unreadable,
+        pin_memory=on_cuda,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+# -- restoring a trained model -------------------------------------------------------------
+
+
+def resolve_checkpoint(restore_from: str | None, snapshot_dir: str | None, resume: bool = True) -> str:
+    """The checkpoint file to evaluate: ``restore_from`` (a file or a directory) or else the
+    newest ``.pth.tar`` of ``snapshot_dir`` (when ``resume``).
+
+    Raises:
+        FileNotFoundError: nothing to restore (never evaluate an untrained head).
+    """
+    if restore_from:
+        if os.path.isdir(restore_from):
+            newest = find_newest_checkpoint(restore_from)
+            if newest is None:
+                raise FileNotFoundError(f"--restore_from {restore_from!r}: no .pth.tar checkpoint in that directory")
+            return newest
+        if not os.path.isfile(restore_from):
+            raise FileNotFoundError(f"--restore_from {restore_from!r}: checkpoint file not found")
+        return os.fspath(restore_from)
+    if not resume:
+        raise FileNotFoundError("no checkpoint to evaluate: --resume False and no --restore_from given")
+    if not snapshot_dir or not os.path.isdir(snapshot_dir):
+        raise FileNotFoundError(
+            f"no checkpoint to evaluate: --snapshot_dir {snapshot_dir!r} does not exist; "
+            "give --restore_from FILE or the --snapshot_dir of a training run"
+        )
+    newest = find_newest_checkpoint(snapshot_dir)
+    if newest is None:
+        raise FileNotFoundError(
+            f"no checkpoint to evaluate: no .pth.tar in --snapshot_dir {snapshot_dir!r}; give --restore_from FILE"
+        )
+    return newest
+
+
+def _read_header(path: str) -> dict[str, Any]:
+    """The checkpoint's dict, memory-mapped when the file allows it (cheap for big files)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # legacy (non-zip) files can't be memory-mapped; read them normally
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"{path}: not a readable checkpoint ({error.__class__.__name__}: {error})") from error
+
+
+def _weights_name(recorded: str) -> bool | str:
+    """A checkpoint's recorded ``backbone_weights`` as a ``pretrained`` argument:
+    ``"VGG16_Weights.IMAGENET1K_V1"`` -> ``"IMAGENET1K_V1"``, ``"none"`` -> False, a path as is."""
+    if recorded in (None, "", "none", "unknown"):
+        return False if recorded == "none" else True
+    prefix, _, member = recorded.rpartition(".")
+    if prefix.endswith("_Weights") and member:
+        return member
+    return recorded
+
+
+def load_lcam_model(
+    arch: str,
+    checkpoint: str | os.PathLike,
+    num_classes: int | None = None,
+    backbone_weights: str | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[LCAM, dict[str, Any]]:
+    """Build ``arch`` and restore a trained checkpoint into it, in eval mode on ``device``.
+
+    A full checkpoint (the authors' snapshots, the project's ``--save_full`` files) holds the
+    backbone: the model is built with ``pretrained=False`` and nothing is downloaded. A
+    head-only checkpoint rebuilds the backbone from ``backbone_weights`` (a torchvision
+    weights name, a state_dict path, or ``"none"``), by default the one it records.
+    ``num_classes`` (default: the checkpoint's) and the variant's settings (e.g. the ImgA
+    first-pass quirk) come from the checkpoint.
+
+    Returns:
+        The model and the checkpoint's metadata (see :func:`utils.checkpoint.load_checkpoint`).
+
+    Raises:
+        FileNotFoundError: no such checkpoint.
+        ValueError: a checkpoint of another arch (one line), of another number of classes,
+            or not an L-CAM checkpoint.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown --arch {arch!r}; valid: {', '.join(ARCHS)}")
+    path = os.fspath(checkpoint)
+    if os.path.isdir(path):
+        path = resolve_checkpoint(path, None)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path!r}")
+    header = _read_header(path)
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a checkpoint (a {type(header).__name__}, expected a dict)")
+    recorded_arch = header.get("arch")
+    if recorded_arch in ARCHS and recorded_arch != arch:
+        raise ValueError(f"{path}: checkpoint of arch {recorded_arch!r}, but --arch is {arch!r}")
+    settings: dict[str, Any] = {}
+    if header.get("format") == FORMAT:
+        stored_classes = int(header["num_classes"])
+        full = header.get("contents") == "full"
+        stored = header.get("settings") or {}
+        settings = {
+            key: stored[key] for key in ("mask_loss_maps", "normalize_first_pass", "backbone_mode") if key in stored
+        }
+        recorded_weights = header.get("backbone_weights", "unknown")
+    else:
+        state_dict = header.get("state_dict", header)
+        weight = next((value for key, value in state_dict.items() if key.endswith("attnM.op.weight")), None)
+        if not torch.is_tensor(weight):
+            raise ValueError(f"{path}: not an L-CAM checkpoint (no 'attnM.op.weight' in its state_dict)")
+        stored_classes, full, recorded_weights = int(weight.shape[0]), True, None
+    if num_classes is not None and num_classes != stored_classes:
+        raise ValueError(f"{path}: checkpoint has {stored_classes} classes, but --num_classes is {num_classes}")
+    if full:
+        pretrained: bool | str = False  # the checkpoint overwrites every backbone weight
+    elif backbone_weights is not None:
+        pretrained = _weights_name(backbone_weights)
+    else:
+        pretrained = _weights_name(recorded_weights)
+    backbone_mode = settings.pop("backbone_mode", "reference")
+    model = build_model(
+        arch, pretrained=pretrained, num_classes=stored_classes, backbone_mode=backbone_mode, **settings
+    )
+    del header  # release the memory map before reading the file for real
+    with warnings.catch_warnings():
+        if backbone_weights is not None:  # the user chose other backbone weights on purpose
+            warnings.filterwarnings("ignore", message=".*trained on backbone weights.*")
+        metadata = load_checkpoint(path, model)
+    model.to(device).eval()
+    return model, metadata
