@@ -38,3 +38,40 @@ def images():
         return torch.rand(n, 3, size, size, generator=generator)
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread (small CPU ops are much faster under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def jpeg_tree(tmp_path):
+    """``jpeg_tree(classes=3, per_class=4, size=(48, 56), root_name="train")``: a folder of
+    class subfolders ``n0000000{c}`` of seeded random JPEGs, and a datalist of it
+    (``<wnid>/<file> <class>`` lines, with the reference's trailing space). Returns
+    ``(root, datalist path, [(absolute path, label)])``."""
+    import numpy as np
+    from PIL import Image
+
+    def make(classes: int = 3, per_class: int = 4, size=(48, 56), root_name: str = "train"):
+        rng = np.random.default_rng(0)
+        root = tmp_path / root_name
+        lines, samples = [], []
+        for label in range(classes):
+            (root / f"n{label:08d}").mkdir(parents=True, exist_ok=True)
+            for index in range(per_class):
+                relative = f"n{label:08d}/img_{index}.JPEG"
+                pixels = (rng.random((size[0], size[1], 3)) * 255).astype("uint8")
+                Image.fromarray(pixels).save(root / relative)
+                lines.append(f"{relative} {label} \n")
+                samples.append((str(root / relative), label))
+        datalist = tmp_path / f"{root_name}.txt"
+        datalist.write_text("".join(lines))
+        return root, datalist, samples
+
+    return make
