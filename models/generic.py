@@ -1,0 +1,424 @@
+"""L-CAM on any CNN: a torchvision classifier by name or a user's ``nn.Module``, split at its
+last convolutional stage (found automatically) or at a named module.
+
+How the network is split. :class:`GenericLCAM` keeps the whole classifier as its child
+``network`` (state-dict keys ``network.*``, so a plain classifier state_dict loads with a
+``network.`` prefix) and traces its ``forward`` with ``torch.fx`` into a graph. Only the
+network's root ``forward`` and the modules that contain the split layer are traced; every
+other module is called as it is (a leaf), so code inside blocks (stochastic depth,
+``if self.training``, in-place adds) runs unchanged. The graph is cut at the split module's
+output into two graphs, run with ``torch.fx.Interpreter`` against the live ``network``
+(hooks, ``.to(device)`` and ``train()``/``eval()`` act on the real modules):
+
+* ``feature_maps(x)``: everything up to and including the split module's output;
+* ``classify_feature_maps(fm)``: everything after it (pooling, flatten, the head).
+
+What this requires of a custom model:
+
+* ``forward`` of the root (and of the modules containing ``layer``) is symbolically
+  traceable by ``torch.fx``: no Python control flow on tensor values, no shape-dependent
+  branches. Modules below the split path are not traced and may do anything.
+* the split module is called exactly once, and its output is the only value computed
+  before it that the rest of the network uses (no skip connection across the cut);
+* the output of the split module is N x C x h x w; the network returns N x K logits.
+
+A model that is not traceable can instead provide two methods, ``feature_maps(x)`` and
+``classify_feature_maps(fm)``, with ``classify_feature_maps(feature_maps(x)) == model(x)``;
+they are then used as they are (no tracing, ``layer`` must be None).
+
+Every split is checked at construction: on a probe image of ``input_size`` pixels the two
+parts must reproduce ``network(x)``.
+
+Automatic layer (``layer=None``): the top-level child of the network that contains its last
+convolution (``layer4`` of a ResNet, ``features`` of VGG, DenseNet, MobileNet, EfficientNet
+and ConvNeXt), extended over activations and normalisations that directly follow it (so the
+AM of a plain ``nn.Sequential`` CNN reads ``conv -> BN -> ReLU``, and DenseNet's reads the
+ReLU after ``features``).
+
+Images enter as RGB in [0, 1] and are normalised with the ImageNet mean and std by the
+model (as for the reference variants): train a classifier for this model on
+``model.normalize(images)``, or simply through ``model.classify(model.normalize(images))``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import fx, nn
+
+from models.backbones import load_torchvision_classifier
+from models.lcam import LCAM, variant
+
+__all__ = [
+    "GENERIC_ARCH",
+    "GenericLCAM",
+    "find_feature_layer",
+    "load_network",
+    "model",
+    "torchvision_classifiers",
+]
+
+GENERIC_ARCH = "generic"
+DEFAULT_BACKBONE = "resnet18"
+_CUSTOM_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+# Modules and functions that keep the feature maps' shape and meaning: the automatic split
+# moves past them so the AM reads activated feature maps.
+_ELEMENTWISE_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.BatchNorm2d,
+    nn.GroupNorm,
+    nn.InstanceNorm2d,
+    nn.Identity,
+)
+_ELEMENTWISE_FUNCTIONS = (F.relu, torch.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.hardswish, F.elu)
+_ELEMENTWISE_METHODS = ("relu", "relu_")
+
+
+def torchvision_classifiers() -> list[str]:
+    """Names of torchvision's classification models (``torchvision.models.list_models``)."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def load_network(backbone: str | nn.Module, pretrained=False, num_classes: int | None = 1000) -> tuple[nn.Module, str]:
+    """Build the classifier to explain.
+
+    Args:
+        backbone: a torchvision classification model name (``"resnet18"``,
+            ``"convnext_tiny"``, see :func:`torchvision_classifiers`); ``"package.module:callable"``
+            naming a function or class that returns an ``nn.Module`` (called with
+            ``num_classes=`` when it accepts that argument); or an ``nn.Module`` instance.
+        pretrained: torchvision names: as :func:`models.backbones.load_torchvision_classifier`
+            (True = the default ImageNet weights, False = random init, a weights name or a
+            state_dict path). Custom callables and modules: False/None/True keep the weights the
+            callable gives; a path loads a state_dict of that module (strict).
+        num_classes: classes of the classifier (torchvision names and callables accepting it).
+
+    Returns:
+        The module and a string naming its weights.
+
+    Raises:
+        ValueError: an unknown name, a module or attribute that cannot be imported.
+        TypeError: the callable does not return an ``nn.Module``.
+        FileNotFoundError: a weights path that does not exist.
+    """
+    if isinstance(backbone, nn.Module):
+        return backbone, _load_custom_weights(backbone, pretrained, "the given module")
+    if not isinstance(backbone, str):
+        raise TypeError(
+            f"'backbone' must be a model name, 'package.module:callable' or an nn.Module, got {type(backbone).__name__}"
+        )
+    if ":" in backbone:
+        network = _build_custom(backbone, num_classes)
+        return network, _load_custom_weights(network, pretrained, backbone)
+    names = torchvision_classifiers()
+    if backbone not in names:
+        raise ValueError(
+            f"unknown backbone {backbone!r}: give a torchvision classification model ({', '.join(names)}) "
+            "or 'package.module:callable' returning an nn.Module"
+        )
+    builder = torchvision.models.get_model_builder(backbone)
+    weights_enum = torchvision.models.get_model_weights(backbone)
+    return load_torchvision_classifier(builder, weights_enum, pretrained, 1000 if num_classes is None else num_classes)
+
+
+def _build_custom(spec: str, num_classes: int | None) -> nn.Module:
+    if not _CUSTOM_PATTERN.match(spec):
+        raise ValueError(f"custom backbone {spec!r} must look like 'package.module:callable'")
+    module_name, attribute_path = spec.split(":")
+    try:
+        target = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"custom backbone {spec!r}: cannot import module {module_name!r} ({error})") from error
+    for attribute in attribute_path.split("."):
+        if not hasattr(target, attribute):
+            raise ValueError(f"custom backbone {spec!r}: {module_name!r} has no attribute {attribute_path!r}")
+        target = getattr(target, attribute)
+    if not callable(target):
+        raise TypeError(f"custom backbone {spec!r} is not callable")
+    try:
+        accepts_num_classes = "num_classes" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        accepts_num_classes = False
+    network = target(num_classes=num_classes) if accepts_num_classes and num_classes is not None else target()
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"custom backbone {spec!r} returned a {type(network).__name__}, expected an nn.Module")
+    return network
+
+
+def _load_custom_weights(network: nn.Module, pretrained, source: str) -> str:
+    if pretrained is None or isinstance(pretrained, bool) or pretrained == "none":
+        return "as built"
+    path = os.fspath(pretrained)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file for {source} not found: {path!r}")
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state_dict, dict) and "state_dict" in state_dict:
+        state_dict = state_dict["state_dict"]
+    network.load_state_dict(state_dict)
+    return os.path.abspath(path)
+
+
+def find_feature_layer(network: nn.Module) -> str:
+    """The top-level child of ``network`` that holds its last convolution (see the module
+    docstring; the extension over activations happens when the graph is split).
+
+    Raises:
+        ValueError: ``network`` has no convolution.
+    """
+    convolutions = [name for name, module in network.named_modules() if isinstance(module, nn.modules.conv._ConvNd)]
+    if not convolutions:
+        raise ValueError(f"{type(network).__name__} has no convolution; pass the feature layer explicitly ('layer')")
+    return convolutions[-1].split(".")[0]
+
+
+class _SplitTracer(fx.Tracer):
+    """Traces the root and the ancestors of ``layer``; every other module is a leaf."""
+
+    def __init__(self, layer: str) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return not (qualified_name == "" or self.layer.startswith(qualified_name + "."))
+
+
+def _split_graph(network: nn.Module, layer: str, extend: bool) -> tuple[fx.Graph, fx.Graph, str]:
+    """The graphs before and after ``layer``'s output, and the name of the cut node."""
+    try:
+        network.get_submodule(layer)
+    except AttributeError as error:
+        children = ", ".join(name for name, _ in network.named_children())
+        raise ValueError(
+            f"'layer' {layer!r} is not a module of {type(network).__name__} (top-level: {children})"
+        ) from error
+    try:
+        graph = _SplitTracer(layer).trace(network)
+    except Exception as error:  # fx raises many types; all mean "not traceable"
+        raise ValueError(
+            f"cannot trace {type(network).__name__}.forward with torch.fx to split it at {layer!r} "
+            f"({error.__class__.__name__}: {error}); make its forward traceable or give the model "
+            "feature_maps() and classify_feature_maps() methods"
+        ) from error
+    calls = [node for node in graph.nodes if node.op == "call_module" and node.target == layer]
+    if len(calls) != 1:
+        raise ValueError(
+            f"'layer' {layer!r} is called {len(calls)} times in the forward pass; L-CAM needs a module called once"
+        )
+    cut = calls[0]
+    while extend and len(cut.users) == 1 and _is_elementwise(next(iter(cut.users)), cut, network):
+        cut = next(iter(cut.users))
+    nodes = list(graph.nodes)
+    position = nodes.index(cut)
+
+    prefix = fx.Graph()
+    prefix_env: dict[fx.Node, fx.Node] = {}
+    for node in nodes[: position + 1]:
+        prefix_env[node] = prefix.node_copy(node, lambda value: prefix_env[value])
+    prefix.output(prefix_env[cut])
+
+    suffix = fx.Graph()
+    suffix_env = {cut: suffix.placeholder("feature_maps")}
+
+    def _lookup(value: fx.Node) -> fx.Node:
+        if value in suffix_env:
+            return suffix_env[value]
+        if value.op == "get_attr":
+            suffix_env[value] = suffix.node_copy(value, _lookup)
+            return suffix_env[value]
+        raise ValueError(
+            f"the network after {layer!r} also uses {value.name!r}, computed before it (a connection across "
+            "the split); choose a layer whose output is all the rest of the network reads"
+        )
+
+    for node in nodes[position + 1 :]:
+        suffix_env[node] = suffix.node_copy(node, _lookup)
+    for part in (prefix, suffix):
+        part.eliminate_dead_code(is_impure_node=lambda node: node.op in ("placeholder", "output"))
+        part.lint()
+    return prefix, suffix, cut.name
+
+
+def _is_elementwise(node: fx.Node, source: fx.Node, network: nn.Module) -> bool:
+    if not node.args or node.args[0] is not source:
+        return False
+    if node.op == "call_module":
+        return isinstance(network.get_submodule(node.target), _ELEMENTWISE_MODULES)
+    if node.op == "call_function":
+        return node.target in _ELEMENTWISE_FUNCTIONS
+    return node.op == "call_method" and node.target in _ELEMENTWISE_METHODS
+
+
+def _mutates_input(graph: fx.Graph, network: nn.Module) -> bool:
+    """Whether a node of ``graph`` may modify its placeholder in place."""
+    placeholder = next(node for node in graph.nodes if node.op == "placeholder")
+    for user in placeholder.users:
+        if user.kwargs.get("inplace", False) or (user.op == "call_method" and str(user.target).endswith("_")):
+            return True
+        if user.op == "call_module" and getattr(network.get_submodule(user.target), "inplace", False):
+            return True
+    return False
+
+
+class GenericLCAM(LCAM):
+    """L-CAM on any classification CNN (see the module docstring for the split).
+
+    Args:
+        network: the classifier, images (ImageNet-normalised) -> N x K logits.
+        layer: dotted name of the module whose output the AM reads; None = automatic.
+        input_size: side of the square probe image that checks the split (use a size the
+            network accepts, e.g. 64 for a network with a fixed-size head trained at 64 px).
+        **settings: ``apply_cam_to``, ``loss``, ``backbone_mode``, ``mask_loss_maps`` of
+            :class:`models.lcam.LCAM`.
+
+    Raises:
+        ValueError: no such layer, an untraceable forward, a connection across the split,
+            feature maps that are not N x C x h x w, or parts that do not reproduce the network.
+    """
+
+    arch = GENERIC_ARCH
+
+    def __init__(self, network: nn.Module, layer: str | None = None, input_size: int = 224, **settings) -> None:
+        own_methods = callable(getattr(network, "feature_maps", None)) and callable(
+            getattr(network, "classify_feature_maps", None)
+        )
+        if own_methods and layer is not None:
+            raise ValueError(
+                f"'layer' {layer!r} given, but the network splits itself (feature_maps/classify_feature_maps)"
+            )
+        if own_methods:
+            prefix = suffix = None
+            cut_name, chosen_layer = "feature_maps", "feature_maps"
+        else:
+            chosen_layer = layer if layer is not None else find_feature_layer(network)
+            prefix, suffix, cut_name = _split_graph(network, chosen_layer, extend=layer is None)
+        in_channels, num_classes = _probe(network, prefix, suffix, input_size, chosen_layer)
+        super().__init__(in_channels=in_channels, num_classes=num_classes, **settings)
+        self.network = network
+        self.layer = chosen_layer
+        self.cut_node = cut_name
+        self.backbone_name = type(network).__name__
+        self.backbone_weights = "unknown"
+        self._prefix_graph = prefix
+        self._suffix_graph = suffix
+        self._clone_feature_maps = suffix is not None and _mutates_input(suffix, network)
+
+    @classmethod
+    def build(
+        cls,
+        arch: str = GENERIC_ARCH,
+        pretrained=False,
+        num_classes: int | None = 1000,
+        backbone: str | nn.Module = DEFAULT_BACKBONE,
+        layer: str | None = None,
+        input_size: int = 224,
+        **settings,
+    ) -> GenericLCAM:
+        """Build the classifier (:func:`load_network`), split it, freeze it, add the AM.
+
+        ``num_classes=None`` takes the number of classes from the network's output.
+
+        Raises:
+            ValueError: the network's output does not have ``num_classes`` classes, or any
+                error of :func:`load_network` and :class:`GenericLCAM`.
+        """
+        network, weights_name = load_network(backbone, pretrained, num_classes)
+        lcam = cls(network, layer=layer, input_size=input_size, **settings)
+        if num_classes is not None and lcam.num_classes != num_classes:
+            raise ValueError(
+                f"backbone {backbone if isinstance(backbone, str) else type(backbone).__name__!r} outputs "
+                f"{lcam.num_classes} classes, but num_classes={num_classes}"
+            )
+        lcam.arch, lcam.backbone_weights = arch, weights_name
+        if isinstance(backbone, str):
+            lcam.backbone_name = backbone
+        lcam.freeze_backbone()
+        return lcam
+
+    def feature_maps(self, normalized_images: torch.Tensor) -> torch.Tensor:
+        if self._prefix_graph is None:
+            return self.network.feature_maps(normalized_images)
+        return fx.Interpreter(self.network, graph=self._prefix_graph).run(normalized_images)
+
+    def classify_feature_maps(self, feature_maps: torch.Tensor) -> torch.Tensor:
+        if self._suffix_graph is None:
+            return self.network.classify_feature_maps(feature_maps)
+        if self._clone_feature_maps:  # the rest of the network works in place on its input
+            feature_maps = feature_maps.clone()
+        return fx.Interpreter(self.network, graph=self._suffix_graph).run(feature_maps)
+
+    def extra_repr(self) -> str:
+        return f"backbone={self.backbone_name!r}, layer={self.layer!r}, cut={self.cut_node!r}, " + super().extra_repr()
+
+
+def _probe(network: nn.Module, prefix, suffix, input_size: int, layer: str) -> tuple[int, int]:
+    """Run the split on one random image; check it and return (FM channels, classes)."""
+    if not isinstance(input_size, int) or input_size < 8:
+        raise ValueError(f"'input_size' must be an integer >= 8, got {input_size!r}")
+    modes = {module: module.training for module in network.modules()}
+    network.eval()
+    try:
+        images = torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+        parameter = next(network.parameters(), None)
+        if parameter is not None:
+            images = images.to(device=parameter.device, dtype=parameter.dtype)
+        with torch.no_grad():
+            expected = network(images)
+            if prefix is None:
+                feature_maps = network.feature_maps(images)
+                logits = network.classify_feature_maps(feature_maps)
+            else:
+                feature_maps = fx.Interpreter(network, graph=prefix).run(images)
+                logits = fx.Interpreter(network, graph=suffix).run(feature_maps.clone())
+    except ValueError:
+        raise
+    except Exception as error:
+        raise ValueError(
+            f"{type(network).__name__} failed on a {input_size} x {input_size} probe image "
+            f"({error.__class__.__name__}: {error}); pass an 'input_size' it accepts"
+        ) from error
+    finally:
+        for module, mode in modes.items():
+            module.train(mode)
+    if not torch.is_tensor(expected) or expected.dim() != 2:
+        raise ValueError(f"{type(network).__name__} must return N x K logits, got {_describe(expected)}")
+    if not torch.is_tensor(feature_maps) or feature_maps.dim() != 4:
+        raise ValueError(
+            f"the output of 'layer' {layer!r} must be N x C x h x w feature maps, got {_describe(feature_maps)}"
+        )
+    if logits.shape != expected.shape or not torch.allclose(logits, expected, rtol=1e-4, atol=1e-5):
+        raise ValueError(
+            f"split at {layer!r}, the two parts do not reproduce {type(network).__name__}'s output; "
+            "its forward may depend on values the trace cannot see"
+        )
+    return feature_maps.size(1), expected.size(1)
+
+
+def _describe(value) -> str:
+    return f"shape {tuple(value.shape)}" if torch.is_tensor(value) else f"a {type(value).__name__}"
+
+
+model: Callable[..., LCAM] = variant(
+    GenericLCAM,
+    GENERIC_ARCH,
+    """L-CAM (Img by default) on any CNN: ``backbone=`` a torchvision name or
+    ``"package.module:callable"``, ``layer=`` a dotted module name (None = automatic).""",
+    apply_cam_to="image",
+    loss="lcam",
+)
