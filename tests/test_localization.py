@@ -11,7 +11,7 @@ from utils.localization import LocalizationMeter, box_masks, energy_in_box, poin
 def test_box_masks_have_exclusive_ends_and_tolerance():
     mask = box_masks(torch.tensor([[1, 2, 3, 4]]), 5, 6)[0]
     assert mask.sum() == 4 and mask[2:4, 1:3].all()
-    assert box_masks(torch.tensor([[1, 2, 3, 4]]), 5, 6, tolerance=1)[0].sum() == 4 * 3
+    assert box_masks(torch.tensor([[1, 2, 3, 4]]), 5, 6, tolerance=1)[0].sum() == 4 * 4
 
 
 def test_energy_in_box_hand_computed():
