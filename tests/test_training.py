@@ -1,0 +1,205 @@
+"""utils.training and the training data pipeline of utils.data: one epoch, the meter,
+non-finite losses, unreadable images, resumable sampling and seeded augmentation."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+
+import pytest
+import torch
+
+from models import build_model
+from utils.data import (
+    ImageList,
+    ResumableSampler,
+    SeededAugmentation,
+    build_loader,
+    train_transform,
+)
+from utils.optim import build_optimizer
+from utils.training import (
+    CSV_NAME,
+    EpochMeter,
+    NonFiniteLossError,
+    TrainOptions,
+    TrainState,
+    fit,
+    resume_training,
+    train_one_epoch,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return build_model("ResNet50_L_CAM_Fm", pretrained=False, num_classes=5)
+
+
+def _loader(samples, batch_size=4, seed=0, num_workers=0):
+    dataset = SeededAugmentation(ImageList(samples, train_transform(40, 32)))
+    sampler = ResumableSampler(dataset, seed=seed)
+    return build_loader(dataset, batch_size, CPU, sampler, num_workers=num_workers, seed=seed)
+
+
+def test_meter_sums_weighted_terms_and_hits():
+    meter = EpochMeter(CPU, base_step=10)
+    logits = torch.tensor([[3.0, 2, 1, 0, -1, -2], [0, 1, 2, 3, 4, 5]])
+    meter.update({"loss": torch.tensor(2.0), "ce": torch.tensor(1.0)}, logits, torch.tensor([0, 0]))
+    meter.update({"loss": torch.tensor(4.0), "ce": torch.tensor(3.0)}, logits[:1], torch.tensor([1]))
+    summary = meter.summary()
+    assert summary["loss"] == pytest.approx((2 * 2 + 4) / 3)
+    assert summary["ce"] == pytest.approx((1 * 2 + 3) / 3)
+    # image 0 label 0: top-1 hit; image 1 label 0: its lowest logit, no hit; image 0 label 1: top-5 only
+    assert summary["pred@1"] == pytest.approx(100 / 3)
+    assert summary["pred@5"] == pytest.approx(200 / 3)
+    assert summary["images"] == 3
+    assert meter.first_nonfinite_step() == 0
+    meter.update({"loss": torch.tensor(float("nan")), "ce": torch.tensor(1.0)}, logits, torch.tensor([0, 1]))
+    meter.update({"loss": torch.tensor(float("inf")), "ce": torch.tensor(1.0)}, logits, torch.tensor([0, 1]))
+    assert meter.first_nonfinite_step() == 13
+
+
+def test_meter_restores_mid_epoch_sums():
+    first = EpochMeter(CPU)
+    first.update({"loss": torch.tensor(1.0)}, torch.eye(2), torch.tensor([0, 1]))
+    second = EpochMeter(CPU)
+    second.restore(first.state())
+    second.update({"loss": torch.tensor(4.0)}, torch.eye(2), torch.tensor([1, 1]))
+    assert second.summary() == pytest.approx({"loss": 2.5, "pred@1": 75.0, "pred@5": 100.0, "images": 4})
+
+
+def test_sampler_order_depends_on_seed_and_epoch_and_resumes():
+    data = list(range(10))
+    sampler = ResumableSampler(data, seed=3)
+    sampler.set_epoch(0)
+    epoch0 = list(sampler)
+    sampler.set_epoch(0)
+    assert list(sampler) == epoch0
+    assert sorted(index for index, _ in epoch0) == data
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0
+    sampler.set_epoch(0, start=4)
+    assert list(sampler) == epoch0[4:] and len(sampler) == 6
+    halves = [ResumableSampler(data, num_replicas=2, rank=rank, seed=3) for rank in (0, 1)]
+    for half in halves:
+        half.set_epoch(0)
+    assert sorted(index for half in halves for index, _ in half) == data
+    with pytest.raises(ValueError, match="'start' must be in"):
+        sampler.set_epoch(0, start=11)
+
+
+def test_seeded_augmentation_ignores_the_global_rng(jpeg_tree):
+    _, _, samples = jpeg_tree(classes=1, per_class=1)
+    dataset = SeededAugmentation(ImageList(samples, train_transform(40, 32)))
+    torch.manual_seed(1)
+    first = dataset[(0, 123)][0]
+    state = torch.get_rng_state()
+    torch.manual_seed(2)
+    second = dataset[(0, 123)][0]
+    assert torch.equal(first, second)
+    assert not torch.equal(first, dataset[(0, 124)][0])  # another seed, another crop or flip
+    torch.manual_seed(1)
+    dataset[(0, 5)]
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG was not advanced
+
+
+def test_loader_pins_memory_only_on_cuda():
+    data = list(range(4))
+    assert build_loader(data, 2, CPU, num_workers=0).pin_memory is False
+    loader = build_loader(data, 2, torch.device("cuda"), num_workers=1)
+    assert loader.pin_memory and loader.persistent_workers and loader.prefetch_factor == 4
+
+
+def test_one_step_equals_the_reference_optimizer(model, one_thread):
+    """One step of train_one_epoch = the reference SGD (weights 100 x lr, biases 200 x lr,
+    momentum 0.9, Nesterov, weight decay 5e-4) on the same batch, written out by hand."""
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 1])
+    expected = copy.deepcopy(model).train()
+    reference = torch.optim.SGD(
+        [
+            {"params": [expected.attnM.op.weight], "lr": 1e-4 * 100},
+            {"params": [expected.attnM.op.bias], "lr": 1e-4 * 200},
+        ],
+        lr=1e-4,
+        momentum=0.9,
+        weight_decay=5e-4,
+        nesterov=True,
+    )
+    reference.zero_grad()
+    expected.loss(expected(images, labels), labels).total.backward()
+    reference.step()
+
+    initial = model.attnM.op.weight.detach().clone()
+    model.train()
+    optimizer = build_optimizer(model, 1e-4)
+    counter, done, meter, failed, stopped = train_one_epoch(
+        model, [(images, labels)], optimizer, TrainOptions(device=CPU, progress=False), epoch=0
+    )
+    assert (counter, done, failed, stopped) == (1, 1, [], False)
+    for key, value in expected.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert not torch.equal(model.attnM.op.weight, initial)
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(model, jpeg_tree, tmp_path, one_thread):
+    _, _, samples = jpeg_tree()
+    loader = _loader(samples)
+    options = TrainOptions(device=CPU, snapshot_dir=str(tmp_path / "snap"), disp_interval=100, progress=False)
+    optimizer = build_optimizer(model, 1e-4)
+    fit(model, loader, optimizer, 1, options)  # epoch 0: 3 good steps, one checkpoint
+    calls = {"n": 0}
+    real_loss = model.loss
+
+    def loss_that_breaks(out, labels):
+        calls["n"] += 1
+        loss = real_loss(out, labels)
+        return loss._replace(total=loss.total * float("nan")) if calls["n"] == 2 else loss
+
+    model.loss = loss_that_breaks
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at global step 5 \(epoch 1\)"):
+        fit(model, loader, optimizer, 2, options, TrainState(epoch=1, global_counter=3))
+    assert sorted(os.listdir(tmp_path / "snap")) == sorted(
+        ["lcam_epoch_0_glo_step_3.pth.tar", CSV_NAME, "train_log.json"]
+    )
+
+
+def test_unreadable_image_is_skipped_counted_and_listed(model, jpeg_tree, tmp_path, capsys, one_thread):
+    _, _, samples = jpeg_tree(classes=2, per_class=2)
+    with open(samples[1][0], "wb") as handle:
+        handle.write(b"not a jpeg")
+    options = TrainOptions(device=CPU, snapshot_dir=str(tmp_path / "snap"), progress=False)
+    (summary,) = fit(model, _loader(samples), build_optimizer(model, 1e-4), 1, options)
+    assert summary["images"] == 3
+    assert [entry["path"] for entry in summary["unreadable"]] == [samples[1][0]]
+    assert "UnidentifiedImageError" in summary["unreadable"][0]["reason"]
+    assert "1 unreadable image(s) skipped" in capsys.readouterr().err
+
+
+def test_ce_variant_writes_the_reference_ce_columns(jpeg_tree, tmp_path, one_thread):
+    torch.manual_seed(0)
+    model = build_model("ResNet50_L_CAM_ImgA", pretrained=False, num_classes=5)
+    _, _, samples = jpeg_tree(classes=2, per_class=2)
+    options = TrainOptions(device=CPU, snapshot_dir=str(tmp_path), progress=False)
+    (summary,) = fit(model, _loader(samples), build_optimizer(model, 1e-4), 1, options)
+    with open(tmp_path / CSV_NAME, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["epoch", "loss", "pred@1", "pred@5"]
+    assert rows[1] == ["0", f"{summary['loss']:.4f}", f"{summary['pred@1']:.3f}", f"{summary['pred@5']:.3f}"]
+    assert summary["area"] == summary["smoothness"] == 0
+
+
+def test_mid_epoch_checkpoint_needs_the_same_batch_size(model, jpeg_tree, tmp_path, one_thread):
+    _, _, samples = jpeg_tree()
+    snap = str(tmp_path / "snap")
+    options = TrainOptions(device=CPU, snapshot_dir=snap, save_every=1, stop_after_step=1, progress=False)
+    fit(model, _loader(samples), build_optimizer(model, 1e-4), 1, options)
+    assert os.listdir(snap).count("lcam_epoch_0_glo_step_1.pth.tar") == 1
+    with pytest.raises(ValueError, match="saved mid-epoch with batch_size 4 on 1 process"):
+        resume_training(snap, model, build_optimizer(model, 1e-4), batch_size=2)
+    state, _ = resume_training(snap, model, build_optimizer(model, 1e-4), batch_size=4)
+    assert (state.epoch, state.batches_done, state.global_counter) == (0, 1, 1)
