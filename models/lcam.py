@@ -108,15 +108,10 @@ def smoothness_loss(masks: torch.Tensor) -> torch.Tensor:
     """
     vertical = (masks[:, :, 1:, :] - masks[:, :, :-1, :]).abs().pow(SMOOTHNESS_POWER).sum()
     horizontal = (masks[:, :, :, 1:] - masks[:, :, :, :-1]).abs().pow(SMOOTHNESS_POWER).sum()
-    border = (
-        BORDER_PENALTY
-        * (
-            masks[:, :, -1, :].pow(SMOOTHNESS_POWER)
-            + masks[:, :, 0, :].pow(SMOOTHNESS_POWER)
-            + masks[:, :, :, -1].pow(SMOOTHNESS_POWER)
-            + masks[:, :, :, 0].pow(SMOOTHNESS_POWER)
-        ).sum()
-    )
+    # The reference adds the four edges elementwise (square maps only); summing each edge
+    # separately is the same number and also works for non-square maps.
+    edges = (masks[:, :, -1, :], masks[:, :, 0, :], masks[:, :, :, -1], masks[:, :, :, 0])
+    border = BORDER_PENALTY * sum(edge.pow(SMOOTHNESS_POWER).sum() for edge in edges)
     return (vertical + horizontal + border) / float(SMOOTHNESS_POWER * masks.size(0))
 
 
