@@ -1,0 +1,64 @@
+"""The device decode path matches the PIL path and reports bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from utils.data import ImageList, eval_transform
+from utils.device_decode import DeviceDecoder, EncodedImageList, collate_encoded
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = []
+    for index, (height, width) in enumerate([(60, 80), (48, 48), (90, 61)]):
+        ramp = np.linspace(0, 255, width)[None, :, None] * np.linspace(0.2, 1, height)[:, None, None]
+        pixels = (ramp * np.array([1.0, 0.6, 0.3]) + rng.normal(0, 8, (height, width, 3))).clip(0, 255)
+        path = tmp_path / f"{index}.jpg"
+        Image.fromarray(pixels.astype("uint8")).save(path, quality=95)
+        samples.append((str(path), index))
+    Image.fromarray(pixels.astype("uint8")).save(tmp_path / "plain.png")
+    samples.append((str(tmp_path / "plain.png"), 3))
+    return samples
+
+
+def test_device_decode_matches_pil_within_one_grey_level(image_files):
+    dataset = EncodedImageList(image_files)
+    batch = DeviceDecoder(48, 40)(*collate_encoded([dataset[i] for i in range(len(dataset))]), torch.device("cpu"))
+    reference = ImageList(image_files, eval_transform(48, 40))
+    assert batch.images.shape == (4, 3, 40, 40) and batch.failed == []
+    assert batch.labels.tolist() == [0, 1, 2, 3]
+    for position in range(4):
+        difference = (batch.images[position] - reference[position][0]).abs()
+        assert difference.max().item() <= 1.01 / 255
+        assert difference.mean().item() < 0.05 / 255
+
+
+def test_bad_and_missing_files_are_reported_and_dropped(image_files, tmp_path):
+    (tmp_path / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    samples = [*image_files[:2], (str(tmp_path / "truncated.jpg"), 7), (str(tmp_path / "missing.jpg"), 8)]
+    dataset = EncodedImageList(samples)
+    batch = DeviceDecoder(48, 40)(*collate_encoded([dataset[i] for i in range(len(dataset))]), torch.device("cpu"))
+    assert batch.images.shape[0] == 2 and batch.indices.tolist() == [0, 1] and batch.labels.tolist() == [0, 1]
+    assert sorted(index for index, _ in batch.failed) == [2, 3]
+    assert all(reason.startswith("RuntimeError") for _, reason in batch.failed)
+
+
+def test_train_mode_is_seeded_per_image(image_files):
+    dataset = EncodedImageList(image_files[:3])
+    encoded = collate_encoded([dataset[i] for i in range(3)])
+    decoder = DeviceDecoder(48, 32, train=True)
+    first = decoder(*encoded, torch.device("cpu"), seeds=[1, 2, 3]).images
+    again = decoder(*encoded, torch.device("cpu"), seeds=[1, 2, 3]).images
+    other = decoder(*encoded, torch.device("cpu"), seeds=[4, 5, 6]).images
+    assert first.shape == (3, 3, 32, 32)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_crop_larger_than_resize_is_rejected():
+    with pytest.raises(ValueError, match="'crop_size' \\(64\\) must not exceed 'input_size' \\(48\\)"):
+        DeviceDecoder(48, 64)
