@@ -100,14 +100,16 @@ class TrainOptions:
 @dataclass
 class TrainState:
     """Where training stands: the epoch to run (0-based), how many batches of it this
-    process has done, the global step, and the epoch's running sums and unreadable images
-    when it was interrupted part-way."""
+    process has done, the global step, and, when it was interrupted part-way, the epoch's
+    running sums, its unreadable images and the mid-epoch checkpoint it continues from
+    (deleted once a newer checkpoint is written)."""
 
     epoch: int = 0
     batches_done: int = 0
     global_counter: int = 0
     sums: dict[str, float] | None = None
     failed: list[tuple[int, str]] = field(default_factory=list)
+    resumed_mid_epoch_from: str | None = None
 
 
 class EpochMeter:
@@ -377,7 +379,7 @@ def resume_training(
             f"the same (got {batch_size} on {dist.world_size}) or from an end-of-epoch checkpoint"
         )
     failed = [(int(index), str(reason)) for index, reason in progress.get("failed", [])]
-    state = TrainState(epoch, int(progress["batches_done"]), counter, progress.get("sums"), failed)
+    state = TrainState(epoch, int(progress["batches_done"]), counter, progress.get("sums"), failed, metadata["path"])
     return state, metadata
 
 
@@ -436,7 +438,10 @@ def fit(
     batch_size = getattr(loader, "batch_size", None)
     samples = _samples_of(getattr(loader, "dataset", None))
     summaries = []
-    superseded: list[str] = []
+    superseded: list[str] = []  # mid-epoch checkpoints to delete once a newer one is written
+    if state.resumed_mid_epoch_from and options.snapshot_dir:
+        if os.path.dirname(os.path.abspath(state.resumed_mid_epoch_from)) == os.path.abspath(options.snapshot_dir):
+            superseded.append(state.resumed_mid_epoch_from)
 
     def save(epoch: int, counter: int, complete: bool, meter: EpochMeter, done: int, failed, summary=None) -> str:
         """Write a checkpoint (main process); every process must call it (it gathers)."""
