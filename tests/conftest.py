@@ -52,7 +52,7 @@ def one_thread():
 @pytest.fixture
 def jpeg_tree(tmp_path):
     """``jpeg_tree(classes=3, per_class=4, size=(48, 56), root_name="train")``: a folder of
-    class subfolders ``n0000000{c}`` of seeded random JPEGs, and a datalist of it
+    class subfolders ``n0000000{c}`` of seeded random JPEGs ``n0000000{c}_{i}.JPEG``, and a datalist of it
     (``<wnid>/<file> <class>`` lines, with the reference's trailing space). Returns
     ``(root, datalist path, [(absolute path, label)])``."""
     import numpy as np
@@ -65,7 +65,7 @@ def jpeg_tree(tmp_path):
         for label in range(classes):
             (root / f"n{label:08d}").mkdir(parents=True, exist_ok=True)
             for index in range(per_class):
-                relative = f"n{label:08d}/img_{index}.JPEG"
+                relative = f"n{label:08d}/n{label:08d}_{index}.JPEG"
                 pixels = (rng.random((size[0], size[1], 3)) * 255).astype("uint8")
                 Image.fromarray(pixels).save(root / relative)
                 lines.append(f"{relative} {label} \n")

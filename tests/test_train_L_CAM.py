@@ -105,9 +105,9 @@ def test_class_folder_instead_of_a_datalist(jpeg_tree, tmp_path, one_thread):
 @pytest.mark.parametrize(
     ("line", "error", "message"),
     [
-        ("n00000000/img_0.JPEG", ValueError, r"train\.txt:2: malformed line 'n00000000/img_0\.JPEG'"),
-        ("n00000000/img_0.JPEG zero", ValueError, r"train\.txt:2: malformed line"),
-        ("n00000000/img_0.JPEG 7", ValueError, r"train\.txt:2: label 7 outside \[0, 5\)"),
+        ("n00000000/n00000000_0.JPEG", ValueError, r"train\.txt:2: malformed line 'n00000000/n00000000_0\.JPEG'"),
+        ("n00000000/n00000000_0.JPEG zero", ValueError, r"train\.txt:2: malformed line"),
+        ("n00000000/n00000000_0.JPEG 7", ValueError, r"train\.txt:2: label 7 outside \[0, 5\)"),
         ("n00000000/missing.JPEG 1", FileNotFoundError, r"image not found: '.*missing\.JPEG'"),
     ],
 )

@@ -1,0 +1,297 @@
+"""Build the datalists of SPEC section 4.
+
+``train``: run the frozen classifier over an ImageNet-style train folder (class subfolders)
+and write its own predictions as labels (the "model truth" the reference trains on),
+batched, with progress, resumable (a partial output is continued, its lines kept).
+
+``val``: a ground-truth list from a class-subfolder validation tree, or from a flat
+folder plus a ground-truth file, with N images sampled with a seed, optionally excluding
+the images of other lists.
+
+    python -m scripts.make_datalist train --backbone ResNet50 --img_dir dataset/ILSVRC2012_img_train
+    python -m scripts.make_datalist val --img_dir dataset/ILSVRC2012_img_val --ground_truth LOC_val_solution.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import sys
+
+import torch
+import torchvision
+from tqdm import tqdm
+
+from models.backbones import load_torchvision_classifier
+from models.lcam import IMAGENET_MEAN, IMAGENET_STD
+from utils.data import (
+    IMAGE_EXTENSIONS,
+    ImageList,
+    build_loader,
+    describe_unreadable,
+    eval_transform,
+    folder_samples,
+    read_datalist,
+)
+from utils.runtime import AMP_CHOICES, autocast, resolve_device, seed_everything
+from utils.training import run_script
+
+__all__ = ["BACKBONES", "get_args_parser", "main", "make_train_list", "make_val_list", "read_ground_truth"]
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKBONES = {
+    "VGG16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights),
+    "ResNet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
+}
+
+
+def _relative(path: str, root: str) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def _done_lines(output: str) -> tuple[set[str], int]:
+    """The image paths an earlier, interrupted run wrote to ``output``; a last line cut
+    short is dropped from the file. Returns the paths and the number of lines kept."""
+    if not os.path.isfile(output):
+        return set(), 0
+    with open(output, "rb") as handle:
+        data = handle.read()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with open(output, "wb") as handle:
+            handle.write(complete)
+    lines = complete.decode("utf-8").splitlines()
+    return {line.rsplit(maxsplit=1)[0] for line in lines if line.strip()}, len(lines)
+
+
+def make_train_list(args: argparse.Namespace) -> str:
+    """Write ``<path relative to img_dir> <predicted class>`` for every image of the
+    class-subfolder tree ``args.img_dir``; continues a partial ``args.output``."""
+    device = resolve_device(args.device)
+    samples, _ = folder_samples(args.img_dir)
+    done, kept = _done_lines(args.output)
+    todo = [sample for sample in samples if _relative(sample[0], args.img_dir) not in done]
+    print(f"{len(samples)} images in {args.img_dir}; {kept} already in {args.output}; {len(todo)} to classify")
+    if not todo:
+        return args.output
+    seed_everything(args.seed)
+    builder, weights_enum = BACKBONES[args.backbone]
+    pretrained = False if args.backbone_weights.lower() == "none" else args.backbone_weights
+    classifier, weights_name = load_torchvision_classifier(builder, weights_enum, pretrained, args.num_classes)
+    classifier = classifier.eval().to(device)
+    if args.channels_last:
+        classifier = classifier.to(memory_format=torch.channels_last)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    dataset = ImageList(todo, eval_transform(args.input_size, args.crop_size))
+    loader = build_loader(dataset, args.batch_size, device, num_workers=args.num_workers)
+    failed = []
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)) or ".", exist_ok=True)
+    with open(args.output, "a", encoding="utf-8") as handle, torch.inference_mode():
+        for batch in tqdm(loader, desc=f"{args.backbone} ({weights_name}) predictions", unit="batch"):
+            failed.extend(batch.failed)
+            if batch.images is None:
+                continue
+            images = batch.images.to(device, non_blocking=True)
+            if args.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(device, args.amp):
+                predictions = classifier((images - mean) / std).argmax(dim=1).tolist()
+            handle.writelines(
+                f"{_relative(todo[index][0], args.img_dir)} {label}\n"
+                for index, label in zip(batch.indices.tolist(), predictions)
+            )
+            handle.flush()
+    _report_unreadable(describe_unreadable(todo, failed))
+    print(f"wrote {args.output}")
+    return args.output
+
+
+def _report_unreadable(unreadable: list[dict]) -> None:
+    if unreadable:
+        print(f"{len(unreadable)} unreadable image(s) left out (run again to retry them):", file=sys.stderr)
+        for entry in unreadable:
+            print(f"  {entry['path']}: {entry['reason']}", file=sys.stderr)
+
+
+def read_ground_truth(path: str, synsets: str | None = None) -> dict[str, int]:
+    """Image name (without extension) -> 0-based label (classes in sorted-wnid order,
+    torchvision's) from one of:
+
+    - ``LOC_val_solution.csv`` (``ImageId,PredictionString``, the wnid first; the classes
+      are the sorted wnids of ``synsets`` when given, else of the file itself);
+    - ``<image name> <label>`` lines (0-based labels, e.g. Caffe's ``val.txt``);
+    - the devkit's ``ILSVRC2012_validation_ground_truth.txt`` (one 1-based ILSVRC2012_ID
+      per line, for ILSVRC2012_val_00000001 on) with ``synsets`` = a file of
+      ``<wnid> <ILSVRC2012_ID> [name]`` lines (e.g. ``map_clsloc.txt``).
+
+    Raises:
+        FileNotFoundError: a missing file.
+        ValueError: ``file:line`` of a line in none of these forms, or devkit ids without ``synsets``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ground-truth file not found: {path!r}")
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    if lines and lines[0].replace(" ", "").startswith("ImageId,PredictionString"):
+        rows = list(csv.reader(lines[1:]))
+        wnids = {row[0]: row[1].split()[0] for row in rows if len(row) >= 2 and row[1].split()}
+        classes = _read_synsets(synsets).values() if synsets else wnids.values()
+        order = {wnid: label for label, wnid in enumerate(sorted(set(classes)))}
+        return {name: order[wnid] for name, wnid in wnids.items()}
+    labels: dict[str, int] = {}
+    devkit_ids: list[int] = []
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) == 1 and fields[0].isdigit():
+            devkit_ids.append(int(fields[0]))
+        elif len(fields) == 2 and fields[1].lstrip("-").isdigit():
+            labels[os.path.splitext(os.path.basename(fields[0]))[0]] = int(fields[1])
+        else:
+            raise ValueError(f"{path}:{number}: unrecognised ground-truth line {line!r}")
+    if devkit_ids:
+        if synsets is None:
+            raise ValueError(f"{path} holds devkit class ids: pass --synsets (lines '<wnid> <ILSVRC2012_ID> [name]')")
+        by_id = _read_synsets(synsets)
+        order = {wnid: label for label, wnid in enumerate(sorted(by_id.values()))}
+        for number, class_id in enumerate(devkit_ids, start=1):
+            if class_id not in by_id:
+                raise ValueError(f"{path}:{number}: class id {class_id} is not in {synsets}")
+            labels[f"ILSVRC2012_val_{number:08d}"] = order[by_id[class_id]]
+    return labels
+
+
+def _read_synsets(path: str) -> dict[int, str]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"synsets file not found: {path!r}")
+    by_id = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 2 or not fields[1].isdigit():
+                raise ValueError(f"{path}:{number}: expected '<wnid> <ILSVRC2012_ID> [name]', got {line.strip()!r}")
+            by_id[int(fields[1])] = fields[0]
+    return by_id
+
+
+def make_val_list(args: argparse.Namespace) -> str:
+    """Sample ``args.num_images`` labelled images of a validation folder into ``args.output``."""
+    if not os.path.isdir(args.img_dir):
+        raise FileNotFoundError(f"image folder not found: {args.img_dir!r}")
+    has_classes = any(entry.is_dir() for entry in os.scandir(args.img_dir))
+    if has_classes and args.ground_truth is None:
+        samples, _ = folder_samples(args.img_dir)
+        candidates = [(_relative(path, args.img_dir), label) for path, label in samples]
+    else:
+        if args.ground_truth is None:
+            raise ValueError(f"{args.img_dir} has no class subfolders: pass --ground_truth")
+        labels = read_ground_truth(args.ground_truth, args.synsets)
+        files = sorted(name for name in os.listdir(args.img_dir) if name.lower().endswith(IMAGE_EXTENSIONS))
+        candidates = [
+            (name, labels[os.path.splitext(name)[0]]) for name in files if os.path.splitext(name)[0] in labels
+        ]
+        unlabelled = len(files) - len(candidates)
+        if unlabelled:
+            print(
+                f"{unlabelled} image(s) of {args.img_dir} have no label in {args.ground_truth}: left out",
+                file=sys.stderr,
+            )
+    bad = [(name, label) for name, label in candidates if not 0 <= label < args.num_classes]
+    if bad:
+        raise ValueError(f"label {bad[0][1]} of {bad[0][0]} outside [0, {args.num_classes})")
+    excluded = set()
+    for list_path in args.exclude or []:
+        excluded.update(os.path.basename(path) for path, _ in read_datalist(list_path))
+    candidates = [item for item in candidates if os.path.basename(item[0]) not in excluded]
+    if args.num_images > len(candidates):
+        raise ValueError(f"--num_images {args.num_images} but only {len(candidates)} labelled images remain")
+    chosen = random.Random(args.seed).sample(candidates, args.num_images)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)) or ".", exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as handle:
+        handle.writelines(f"{name} {label}\n" for name, label in chosen)
+    print(f"wrote {len(chosen)} of {len(candidates)} images to {args.output}")
+    return args.output
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Make the training (model-truth) and evaluation (ground-truth) datalists.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        add_help=add_help,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser(
+        "train",
+        help="label a train folder with the frozen classifier's predictions",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    train.add_argument("--backbone", choices=sorted(BACKBONES), required=True, help="the classifier to explain")
+    train.add_argument(
+        "--img_dir",
+        default=os.path.join(ROOT_DIR, "dataset", "ILSVRC2012_img_train"),
+        help="folder of class subfolders",
+    )
+    train.add_argument(
+        "--output", default=None, help="datalist to write or continue [datalist/ILSVRC/BACKBONE_train.txt]"
+    )
+    train.add_argument(
+        "--backbone_weights",
+        default="IMAGENET1K_V1",
+        help="torchvision weights name, a path to a torchvision state_dict, or 'none' (random, for tests)",
+    )
+    train.add_argument("--num_classes", type=int, default=1000, help="classes of the classifier")
+    train.add_argument("--input_size", type=int, default=256, help="Resize (smaller edge)")
+    train.add_argument("--crop_size", type=int, default=224, help="CenterCrop")
+    train.add_argument("--batch_size", type=int, default=128, help="images per forward pass")
+    train.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    train.add_argument("--amp", choices=AMP_CHOICES, default="none", help="mixed precision")
+    train.add_argument("--channels_last", action="store_true", help="channels_last memory format")
+    train.add_argument("--seed", type=int, default=0, help="seed (random weights only)")
+
+    val = commands.add_parser(
+        "val",
+        help="sample a ground-truth evaluation list",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    val.add_argument(
+        "--img_dir",
+        default=os.path.join(ROOT_DIR, "dataset", "ILSVRC2012_img_val"),
+        help="validation images: a folder of class subfolders (labels by sorted name), or flat with --ground_truth",
+    )
+    val.add_argument(
+        "--ground_truth",
+        default=None,
+        help="LOC_val_solution.csv, '<image> <label>' lines, or the devkit's ILSVRC2012_validation_ground_truth.txt",
+    )
+    val.add_argument(
+        "--synsets", default=None, help="with devkit ids: '<wnid> <ILSVRC2012_ID> [name]' lines (map_clsloc.txt)"
+    )
+    val.add_argument("--num_images", type=int, default=2000, help="images to sample")
+    val.add_argument("--seed", type=int, default=0, help="sampling seed")
+    val.add_argument("--exclude", action="append", help="leave out the images whose file name is in this datalist (repeatable)")
+    val.add_argument("--num_classes", type=int, default=1000, help="labels must be in [0, num_classes)")
+    val.add_argument("--output", default=os.path.join(ROOT_DIR, "datalist", "ILSVRC", "Evaluation_2000.txt"))
+    return parser
+
+
+def main(args: argparse.Namespace) -> str:
+    if args.command == "train":
+        if args.output is None:
+            args.output = os.path.join(ROOT_DIR, "datalist", "ILSVRC", f"{args.backbone}_train.txt")
+        if args.batch_size < 1 or args.num_workers < 0:
+            raise ValueError("'--batch_size' must be >= 1 and '--num_workers' >= 0")
+        return make_train_list(args)
+    if args.num_images < 1:
+        raise ValueError(f"'--num_images' must be >= 1, got {args.num_images}")
+    return make_val_list(args)
+
+
+if __name__ == "__main__":
+    run_script(main, get_args_parser())
