@@ -275,7 +275,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     val.add_argument("--num_images", type=int, default=2000, help="images to sample")
     val.add_argument("--seed", type=int, default=0, help="sampling seed")
-    val.add_argument("--exclude", action="append", help="leave out the images whose file name is in this datalist (repeatable)")
+    val.add_argument(
+        "--exclude", action="append", help="leave out the images whose file name is in this datalist (repeatable)"
+    )
     val.add_argument("--num_classes", type=int, default=1000, help="labels must be in [0, num_classes)")
     val.add_argument("--output", default=os.path.join(ROOT_DIR, "datalist", "ILSVRC", "Evaluation_2000.txt"))
     return parser
