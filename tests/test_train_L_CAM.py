@@ -163,22 +163,51 @@ def test_reference_defaults():
     assert args.epoch == 26 and args.train_list.endswith("ResNet50_train.txt")
 
 
-def test_command_line_help_and_one_line_error(tmp_path):
-    script = os.path.join(REPO, "train_L_CAM.py")
-    missing = str(tmp_path / "missing.txt")
-    result = subprocess.run(
-        [sys.executable, script, "--train_list", missing, "--snapshot_dir", str(tmp_path), "--resume", "False"],
-        capture_output=True,
-        text=True,
-        env=_subprocess_env(),
-        timeout=120,
+def test_help_explains_every_flag():
+    parser = train_L_CAM.get_args_parser()
+    help_text = parser.format_help()
+    for action in parser._actions:
+        assert action.help, action.option_strings
+        assert action.option_strings[0] in help_text
+
+
+@pytest.mark.parametrize(
+    ("script", "arch", "train_list", "epochs"),
+    [
+        ("VGG16_train.sh", "VGG16_L_CAM_Img", "VGG16_train.txt", "8"),
+        ("VGG16_train_CE.sh", "VGG16_L_CAM_ImgA", "VGG16_train.txt", "8"),
+        ("ResNet50_train.sh", "ResNet50_L_CAM_Img", "ResNet50_train.txt", "26"),
+        ("ResNet50_train_CE.sh", "ResNet50_L_CAM_ImgA", "ResNet50_train.txt", "26"),
+    ],
+)
+def test_shell_scripts_use_the_spec_layout_from_any_directory(script, arch, train_list, epochs, tmp_path):
+    env = {**os.environ, "LAUNCHER": "echo"}
+    command = ["sh", os.path.join(REPO, "scripts", script), "--amp", "bf16"]
+    words = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
+    args = train_L_CAM.get_args_parser().parse_args(words[1:])
+    assert words[0] == os.path.join(REPO, "train_L_CAM.py")
+    assert (args.arch, args.epoch, args.batch_size, args.lr, args.amp) == (arch, int(epochs), 64, 1e-4, "bf16")
+    assert args.train_list == os.path.join(REPO, "datalist", "ILSVRC", train_list)
+    assert args.img_dir == os.path.join(REPO, "dataset", "ILSVRC2012_img_train")
+    assert args.snapshot_dir == os.path.join(REPO, "snapshots", arch)
+    env.update(ARCH="ResNet50_L_CAM_Fm", IMG_DIR="imgs", TRAIN_LIST="list.txt", SNAPSHOT_DIR="snap")
+    words = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
+    args = train_L_CAM.get_args_parser().parse_args(words[1:])
+    assert (args.arch, args.img_dir, args.train_list, args.snapshot_dir) == (
+        "ResNet50_L_CAM_Fm",
+        "imgs",
+        "list.txt",
+        "snap",
     )
+
+
+def test_shell_script_runs_and_fails_in_one_line(tmp_path):
+    env = {**_subprocess_env(), "TRAIN_LIST": "missing.txt", "SNAPSHOT_DIR": str(tmp_path / "snap")}
+    command = ["sh", os.path.join(REPO, "scripts", "ResNet50_train.sh"), "--backbone_weights", "none"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == f"train_L_CAM.py: error: datalist not found: {missing!r}"
+    assert result.stderr.strip().splitlines()[-1] == "train_L_CAM.py: error: datalist not found: 'missing.txt'"
     assert "Traceback" not in result.stderr
-    help_text = train_L_CAM.get_args_parser().format_help()
-    for flag in ("--resume", "--restore_from", "--save_full", "--backbone_weights", "--mask_loss_maps", "--amp"):
-        assert flag in help_text
 
 
 def _free_port() -> int:
