@@ -227,8 +227,8 @@ class ResumableSampler(DistributedSampler):
 
 
 class SeededAugmentation(Dataset):
-    """Wraps a dataset so that item ``(index, seed)`` runs its random transforms under
-    ``torch.manual_seed(seed)`` (the caller's RNG state is left untouched).
+    """Wraps a dataset so that item ``(index, seed)`` runs its random transforms with the
+    CPU generator seeded by ``seed`` (the caller's RNG state is left untouched).
 
     Each image's crop and flip then depend only on (seed, epoch, index): not on the
     number of DataLoader workers, nor on where a resumed run started.
@@ -243,7 +243,7 @@ class SeededAugmentation(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator only: CUDA's stays untouched
             return self.dataset[index]
 
 
