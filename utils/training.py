@@ -259,7 +259,7 @@ def train_one_epoch(
         disable=not (options.progress and dist.is_main),
         dynamic_ncols=True,
     )
-    window_images, window_start, window_sums = 0, time.perf_counter(), None
+    window_images, window_steps, window_start, window_sums = 0, 0, time.perf_counter(), None
     stopped = False
     try:
         for batch in loader:
@@ -293,11 +293,14 @@ def train_one_epoch(
             global_counter += 1
             meter.update(terms, out.logits if hasattr(out, "logits") else out, labels)
             window_images += labels.numel()
+            window_steps += 1
             if options.disp_interval and global_counter % options.disp_interval == 0:
                 _check_finite(meter, dist, epoch)
                 if dist.is_main and bar.disable is False:
-                    window_sums = _show_progress(bar, meter, window_sums, optimizer, window_images, window_start)
-                window_images, window_start = 0, time.perf_counter()
+                    remaining = total_batches - batches_done + max((total_epochs or 0) - epoch - 1, 0) * total_batches
+                    window = (window_images, window_steps, window_start)
+                    window_sums = _show_progress(bar, meter, window_sums, optimizer, window, remaining)
+                window_images, window_steps, window_start = 0, 0, time.perf_counter()
             if on_step is not None and on_step(global_counter, batches_done, meter):
                 stopped = True
                 break
@@ -321,11 +324,12 @@ def _show_progress(
     meter: EpochMeter,
     previous: dict[str, float] | None,
     optimizer: torch.optim.Optimizer,
-    images: int,
-    since: float,
+    window: tuple[int, int, float],
+    remaining_steps: int,
 ) -> dict[str, float]:
-    """Update the bar with the loss terms averaged over the last display window, the lr
-    and images/s; returns the current raw sums (the next window's start)."""
+    """Update the bar with the loss terms averaged over the last display window, the lr,
+    images/s and the whole run's ETA (the bar's own is the epoch's); returns the current
+    raw sums (the next window's start)."""
     current = meter.state()
     previous = previous or {}
     count = current.get("count", 0.0) - previous.get("count", 0.0)
@@ -333,8 +337,11 @@ def _show_progress(
     for name in meter.names or []:
         if count > 0:
             postfix[name] = f"{(current[name] - previous.get(name, 0.0)) / count:.4f}"
+    images, steps, since = window
+    seconds = max(time.perf_counter() - since, 1e-9)
     postfix["lr"] = f"{optimizer.param_groups[0]['lr']:.3g}"
-    postfix["img/s"] = f"{images / max(time.perf_counter() - since, 1e-9):.1f}"
+    postfix["img/s"] = f"{images / seconds:.1f}"
+    postfix["run_eta"] = str(datetime.timedelta(seconds=int(remaining_steps * seconds / max(steps, 1))))
     bar.set_postfix(postfix, refresh=False)
     return current
 
