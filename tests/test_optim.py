@@ -77,3 +77,19 @@ def test_bad_learning_rate_and_no_trainable_parameter():
     frozen = torch.nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameter"):
         build_optimizer(frozen, 1e-4)
+
+
+def test_fused_optimizer_takes_the_same_steps():
+    torch.manual_seed(0)
+    plain, fused = torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)
+    fused.load_state_dict(plain.state_dict())
+    optimizers = (build_optimizer(plain, 1e-4), build_optimizer(fused, 1e-4, fused=True))
+    inputs = torch.randn(4, 6)
+    for _ in range(3):
+        for model, optimizer in zip((plain, fused), optimizers):
+            optimizer.zero_grad()
+            model(inputs).square().sum().backward()
+            optimizer.step()
+    torch.testing.assert_close(fused.weight, plain.weight)
+    torch.testing.assert_close(fused.bias, plain.bias)
+    assert optimizers[1].defaults["fused"] is True
