@@ -1,0 +1,101 @@
+"""Does the data path keep up? JPEG decode + resize + crop with PIL in DataLoader workers,
+and on the device (``utils.device_decode``), against a training step, in one run.
+
+    python -m bench.bench_data --device cuda --num_workers 16 --images 512
+    python -m bench.bench_data --device cpu --num_workers 2 --images 64 --arch ResNet50_L_CAM_Fm
+
+Writes ``--images`` synthetic ImageNet-sized JPEGs (500 x 375) to a temporary folder first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.bench_lcam import _measure, device_name
+from models import build_model
+from utils.data import ImageList, build_loader, eval_transform
+from utils.device_decode import DeviceDecoder, EncodedImageList, collate_encoded
+from utils.optim import build_optimizer
+from utils.runtime import autocast, resolve_device
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    parser.add_argument("--images", type=int, default=256, help="synthetic JPEGs to decode")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
+    parser.add_argument("--arch", default="ResNet50_L_CAM_Fm", help="variant whose training step is the yardstick")
+    parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    return parser
+
+
+def _write_jpegs(folder: str, count: int) -> list[tuple[str, int]]:
+    rng = np.random.default_rng(0)
+    samples = []
+    base = (rng.random((375 // 15, 500 // 20, 3)) * 255).astype("uint8")
+    for index in range(count):
+        picture = Image.fromarray(np.roll(base, index, axis=1)).resize((500, 375), Image.BILINEAR)
+        path = os.path.join(folder, f"{index:05d}.JPEG")
+        picture.save(path, quality=90)
+        samples.append((path, index % 1000))
+    return samples
+
+
+def _images_per_second(loader, consume, device) -> float:
+    count, start = 0, time.perf_counter()
+    for batch in loader:
+        count += consume(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return count / (time.perf_counter() - start)
+
+
+def main(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    print(f"device: {device_name(device)}; {args.num_workers} workers; batch {args.batch_size}")
+    with tempfile.TemporaryDirectory() as folder:
+        samples = _write_jpegs(folder, args.images)
+        pil_loader = build_loader(
+            ImageList(samples, eval_transform()), args.batch_size, device, num_workers=args.num_workers
+        )
+        pil = _images_per_second(pil_loader, lambda batch: len(batch.images.to(device, non_blocking=True)), device)
+        decoder = DeviceDecoder(256, 224)
+        encoded_loader = build_loader(
+            EncodedImageList(samples), args.batch_size, device, num_workers=args.num_workers, collate_fn=collate_encoded
+        )
+        on_device = _images_per_second(encoded_loader, lambda batch: len(decoder(*batch, device).images), device)
+
+    model = build_model(args.arch, pretrained=False).to(device).train()
+    optimizer = build_optimizer(model, 1e-4)
+    images = torch.rand(args.batch_size, 3, 224, 224, device=device)
+    labels = torch.randint(0, 1000, (args.batch_size,), device=device)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, args.amp):
+            loss = model.loss(model(images, labels), labels).total
+        loss.backward()
+        optimizer.step()
+
+    training = _measure(train_step, device, args.batch_size, 2, 5)["images_per_s"]
+    figures = {"pil_workers": pil, "device_decode": on_device, "training_step": training}
+    print(
+        f"PIL decode+resize+crop ({args.num_workers} workers): {pil:9.1f} img/s  ratio to training {pil / training:5.2f}"
+    )
+    print(
+        f"device decode+resize+crop:                {on_device:9.1f} img/s  ratio to training {on_device / training:5.2f}"
+    )
+    print(f"training step {args.arch} ({args.amp}):    {training:9.1f} img/s")
+    return figures
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
