@@ -87,6 +87,35 @@ def _maybe_compile(function, args):
     return torch.compile(function) if args.compile else function
 
 
+def _bench_backbone(torchvision_builder, images: torch.Tensor, args, device: torch.device) -> dict:
+    """The reference point: the torchvision classifier's own forward on normalised images."""
+    backbone = _maybe_compile(_prepare(torchvision_builder(weights=None).eval(), args, device), args)
+    normalized = images.sub(0.45).div(0.225)
+
+    def forward_step():
+        with torch.inference_mode(), autocast(device, args.amp):
+            return backbone(normalized)
+
+    return _measure(forward_step, device, len(images), args.warmup, args.iters)
+
+
+def _bench_training(arch: str, images: torch.Tensor, args, device: torch.device) -> dict:
+    """One optimizer step of ``arch``: forward with labels, loss, backward, SGD step."""
+    model = _prepare(build_model(arch, pretrained=False, backbone_mode=args.backbone_mode), args, device).train()
+    optimizer = build_optimizer(model, 1e-4, fused=device.type == "cuda")
+    labels = torch.randint(0, 1000, (images.size(0),), device=device)
+    forward = _maybe_compile(model, args)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, args.amp):
+            loss = model.loss(forward(images, labels), labels).total
+        loss.backward()
+        optimizer.step()
+
+    return _measure(train_step, device, len(images), args.warmup, args.iters)
+
+
 def bench_family(family: str, args, device: torch.device) -> list[dict]:
     fm_arch, img_arch, torchvision_builder = FAMILIES[family]
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -102,17 +131,7 @@ def bench_family(family: str, args, device: torch.device) -> list[dict]:
         figures["ratio_to_backbone"] = ratio
         print(f"{family:9s} {name:34s} {figures['images_per_s']:10.1f} img/s  ratio {ratio:5.2f}  peak {peak}")
 
-    backbone = _prepare(torchvision_builder(weights=None).eval(), args, device)
-    backbone_forward = _maybe_compile(backbone, args)
-    normalized = images.sub(0.45).div(0.225)
-
-    def forward_step():
-        with torch.inference_mode(), autocast(device, args.amp):
-            return backbone_forward(normalized)
-
-    record("backbone forward", _measure(forward_step, device, args.batch_size, args.warmup, args.iters))
-    del backbone, backbone_forward
-
+    record("backbone forward", _bench_backbone(torchvision_builder, images, args, device))
     model = _prepare(build_model(img_arch, pretrained=False, backbone_mode=args.backbone_mode).eval(), args, device)
     explain_forward = _maybe_compile(model, args)
 
@@ -136,23 +155,8 @@ def bench_family(family: str, args, device: torch.device) -> list[dict]:
     )
 
     for arch in (fm_arch, img_arch):
-        trainee = _prepare(build_model(arch, pretrained=False, backbone_mode=args.backbone_mode), args, device)
-        trainee.train()
-        optimizer = build_optimizer(trainee, 1e-4)
-        train_images = images[: args.train_batch_size]
-        labels = torch.randint(0, 1000, (train_images.size(0),), device=device)
-        forward = _maybe_compile(trainee, args)
-
-        def train_step(trainee=trainee, optimizer=optimizer, forward=forward):
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, args.amp):
-                loss = trainee.loss(forward(train_images, labels), labels).total
-            loss.backward()
-            optimizer.step()
-
-        name = f"training step {arch.split('_L_CAM_')[1]} (batch {train_images.size(0)})"
-        record(name, _measure(train_step, device, train_images.size(0), args.warmup, args.iters))
-        del trainee, optimizer, forward
+        name = f"training step {arch.split('_L_CAM_')[1]} (batch {min(args.train_batch_size, args.batch_size)})"
+        record(name, _bench_training(arch, images[: args.train_batch_size], args, device))
 
     if args.baselines:
         wrapped = NormalizedClassifier.from_lcam(copy.deepcopy(model).eval())
