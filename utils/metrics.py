@@ -58,7 +58,7 @@ def average_drop(y, o) -> float:
 def increase_in_confidence(y, o) -> float:
     """Increase in Confidence in percent: ``100 / N * count(o > y)``."""
     y, o = _check_pair(y, o)
-    return float((o > y).sum() * (100.0 / len(y)))
+    return float((o > y).sum().item() * (100.0 / len(y)))  # Python float64, as the reference
 
 
 def minmax_normalize(cams: torch.Tensor) -> torch.Tensor:
