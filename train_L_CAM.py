@@ -26,6 +26,7 @@ from utils.data import (
     samples_from,
     train_transform,
 )
+from utils.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
 from utils.optim import build_optimizer
 from utils.runtime import AMP_CHOICES, grad_scaler, init_distributed, seed_everything
 from utils.training import TrainOptions, TrainState, fit, resume_training, run_script
@@ -151,6 +152,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     extra.add_argument("--amp", choices=AMP_CHOICES, default="none", help="mixed precision of forward and loss")
     extra.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster on GPUs)")
     extra.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    extra.add_argument(
+        "--decode",
+        choices=("pil", "device"),
+        default="pil",
+        help="'pil': decode, resize and crop in DataLoader workers with PIL (reference); 'device': workers only "
+        "read the files, JPEGs are decoded (nvJPEG on CUDA), resized and cropped on --device (not bit-identical)",
+    )
     extra.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
     extra.add_argument(
         "--save_full",
@@ -229,7 +237,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     model = build_model(args.arch, pretrained, args.num_classes, args.backbone_mode, **settings).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, args.lr)
+    optimizer = build_optimizer(model, args.lr, fused=device.type == "cuda")
     scaler = grad_scaler(device, args.amp)
     seed_everything(args.seed + dist.rank)  # dropout differs between processes
 
@@ -247,9 +255,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             print(f"nothing to do: {state.epoch} of {args.epoch} epochs already trained")
         return []
 
-    dataset = SeededAugmentation(ImageList(samples, train_transform(args.input_size, args.crop_size)))
-    sampler = ResumableSampler(dataset, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
-    loader = build_loader(dataset, args.batch_size, device, sampler, args.num_workers, seed=args.seed)
+    loader = _build_train_loader(samples, args, device, dist)
     forward_model = model
     if dist.enabled:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -274,6 +280,21 @@ def main(args: argparse.Namespace) -> list[dict]:
     finally:
         if dist.enabled:
             torch.distributed.destroy_process_group()
+
+
+def _build_train_loader(samples, args: argparse.Namespace, device: torch.device, dist):
+    """The seeded, resumable training loader: PIL transforms in the workers, or file bytes
+    decoded on the device (``--decode device``)."""
+    if args.decode == "device":
+        dataset = EncodedImageList(samples)
+        sampler = ResumableSampler(dataset, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
+        loader = build_loader(
+            dataset, args.batch_size, device, sampler, args.num_workers, collate_fn=collate_encoded, seed=args.seed
+        )
+        return DecodingLoader(loader, DeviceDecoder(args.input_size, args.crop_size, train=True), device)
+    dataset = SeededAugmentation(ImageList(samples, train_transform(args.input_size, args.crop_size)))
+    sampler = ResumableSampler(dataset, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
+    return build_loader(dataset, args.batch_size, device, sampler, args.num_workers, seed=args.seed)
 
 
 def _checkpoint_to_resume(args: argparse.Namespace) -> str | None:

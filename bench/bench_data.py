@@ -71,7 +71,7 @@ def main(args: argparse.Namespace) -> dict:
         encoded_loader = build_loader(
             EncodedImageList(samples), args.batch_size, device, num_workers=args.num_workers, collate_fn=collate_encoded
         )
-        on_device = _images_per_second(encoded_loader, lambda batch: len(decoder(*batch, device).images), device)
+        on_device = _images_per_second(encoded_loader, lambda batch: len(decoder(batch, device).images), device)
 
     model = build_model(args.arch, pretrained=False).to(device).train()
     optimizer = build_optimizer(model, 1e-4)

@@ -28,7 +28,7 @@ def image_files(tmp_path):
 
 def test_device_decode_matches_pil_within_one_grey_level(image_files):
     dataset = EncodedImageList(image_files)
-    batch = DeviceDecoder(48, 40)(*collate_encoded([dataset[i] for i in range(len(dataset))]), torch.device("cpu"))
+    batch = DeviceDecoder(48, 40)(collate_encoded([dataset[i] for i in range(len(dataset))]), torch.device("cpu"))
     reference = ImageList(image_files, eval_transform(48, 40))
     assert batch.images.shape == (4, 3, 40, 40) and batch.failed == []
     assert batch.labels.tolist() == [0, 1, 2, 3]
@@ -42,7 +42,7 @@ def test_bad_and_missing_files_are_reported_and_dropped(image_files, tmp_path):
     (tmp_path / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     samples = [*image_files[:2], (str(tmp_path / "truncated.jpg"), 7), (str(tmp_path / "missing.jpg"), 8)]
     dataset = EncodedImageList(samples)
-    batch = DeviceDecoder(48, 40)(*collate_encoded([dataset[i] for i in range(len(dataset))]), torch.device("cpu"))
+    batch = DeviceDecoder(48, 40)(collate_encoded([dataset[i] for i in range(len(dataset))]), torch.device("cpu"))
     assert batch.images.shape[0] == 2 and batch.indices.tolist() == [0, 1] and batch.labels.tolist() == [0, 1]
     assert sorted(index for index, _ in batch.failed) == [2, 3]
     assert all(reason.startswith("RuntimeError") for _, reason in batch.failed)
@@ -50,11 +50,14 @@ def test_bad_and_missing_files_are_reported_and_dropped(image_files, tmp_path):
 
 def test_train_mode_is_seeded_per_image(image_files):
     dataset = EncodedImageList(image_files[:3])
-    encoded = collate_encoded([dataset[i] for i in range(3)])
     decoder = DeviceDecoder(48, 32, train=True)
-    first = decoder(*encoded, torch.device("cpu"), seeds=[1, 2, 3]).images
-    again = decoder(*encoded, torch.device("cpu"), seeds=[1, 2, 3]).images
-    other = decoder(*encoded, torch.device("cpu"), seeds=[4, 5, 6]).images
+
+    def decode(seeds):
+        return decoder(
+            collate_encoded([dataset[(i, seed)] for i, seed in enumerate(seeds)]), torch.device("cpu")
+        ).images
+
+    first, again, other = decode([1, 2, 3]), decode([1, 2, 3]), decode([4, 5, 6])
     assert first.shape == (3, 3, 32, 32)
     assert torch.equal(first, again) and not torch.equal(first, other)
 
@@ -62,3 +65,23 @@ def test_train_mode_is_seeded_per_image(image_files):
 def test_crop_larger_than_resize_is_rejected():
     with pytest.raises(ValueError, match="'crop_size' \\(64\\) must not exceed 'input_size' \\(48\\)"):
         DeviceDecoder(48, 64)
+
+
+def test_decoding_loader_wraps_a_resumable_loader(image_files):
+    from utils.data import ResumableSampler, build_loader
+    from utils.device_decode import DecodingLoader
+
+    dataset = EncodedImageList(image_files)
+    sampler = ResumableSampler(dataset, shuffle=True, seed=3)
+    loader = build_loader(dataset, 2, torch.device("cpu"), sampler, num_workers=0, collate_fn=collate_encoded)
+    decoding = DecodingLoader(loader, DeviceDecoder(48, 32, train=True), torch.device("cpu"))
+    assert decoding.sampler is sampler and decoding.dataset is dataset and len(decoding) == 2
+
+    def epoch_images():
+        sampler.set_epoch(1)
+        batches = list(decoding)
+        return torch.cat([batch.images for batch in batches]), torch.cat([batch.indices for batch in batches])
+
+    (first, order), (again, same_order) = epoch_images(), epoch_images()
+    assert first.shape == (4, 3, 32, 32) and sorted(order.tolist()) == [0, 1, 2, 3]
+    assert torch.equal(first, again) and torch.equal(order, same_order)

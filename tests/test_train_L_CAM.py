@@ -243,3 +243,22 @@ def test_two_process_gloo_run(jpeg_tree, tmp_path):
     assert (
         len(torch.load(tmp_path / "snap" / "lcam_epoch_0_glo_step_3.pth.tar", weights_only=True)["rng_per_rank"]) == 2
     )
+
+
+def test_device_decode_path_trains_and_resumes_exactly(jpeg_tree, tmp_path, one_thread):
+    root, datalist, _ = jpeg_tree()
+    device_decode = ("--decode", "device")
+    (straight_first, straight_second) = train_L_CAM.main(
+        _args(datalist, root, tmp_path / "straight", "--epoch", "2", *device_decode)
+    )
+    assert straight_first["images"] == 12 and straight_second["images"] == 12
+    train_L_CAM.main(_args(datalist, root, tmp_path / "resumed", "--epoch", "1", *device_decode))
+    train_L_CAM.main(_args(datalist, root, tmp_path / "resumed", "--epoch", "2", *device_decode))
+    expected = _head(tmp_path / "straight" / "lcam_epoch_1_glo_step_6.pth.tar")
+    resumed = _head(tmp_path / "resumed" / "lcam_epoch_1_glo_step_6.pth.tar")
+    assert all(torch.equal(resumed[key], value) for key, value in expected.items())
+    train_L_CAM.main(_args(datalist, root, tmp_path / "pil", "--epoch", "1"))
+    pil = _head(tmp_path / "pil" / "lcam_epoch_0_glo_step_3.pth.tar")
+    first_epoch = _head(tmp_path / "resumed" / "lcam_epoch_0_glo_step_3.pth.tar")
+    assert not torch.equal(pil["attnM.op.weight"], first_epoch["attnM.op.weight"])  # other crops: not equal
+    torch.testing.assert_close(pil["attnM.op.weight"], first_epoch["attnM.op.weight"], rtol=0.05, atol=0.05)

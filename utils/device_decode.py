@@ -12,7 +12,9 @@ default PIL path; use this one for speed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 import torchvision
@@ -22,12 +24,20 @@ from torchvision.transforms.v2 import functional as TF
 
 from utils.data import Batch, Sample
 
-__all__ = ["DeviceDecoder", "EncodedImageList", "collate_encoded"]
+# torchvision 0.29 deprecates torchvision.io's decoders in favour of TorchCodec; they still
+# work and are the only nvJPEG path that ships with torchvision.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
+
+__all__ = ["DecodingLoader", "DeviceDecoder", "EncodedBatch", "EncodedImageList", "collate_encoded"]
 
 
 class EncodedImageList(Dataset):
     """The raw bytes (1-D uint8 tensor) of each image of a sample list; a file that cannot
-    be read yields ``None`` and the reason, as :class:`utils.data.ImageList` does."""
+    be read yields ``None`` and the reason, as :class:`utils.data.ImageList` does.
+
+    Items are indexed by position, or by the ``(index, augmentation seed)`` keys of
+    :class:`utils.data.ResumableSampler` (the seed is passed on to :class:`DeviceDecoder`).
+    """
 
     def __init__(self, samples: Sequence[Sample]) -> None:
         self.samples = list(samples)
@@ -35,23 +45,35 @@ class EncodedImageList(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
             data = torchvision.io.read_file(path)
         except Exception as error:
-            return None, label, index, f"{error.__class__.__name__}: {error}"
-        return data, label, index, None
+            return None, label, index, f"{error.__class__.__name__}: {error}", seed
+        return data, label, index, None, seed
 
 
-def collate_encoded(items) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
-    """``collate_fn`` for :class:`EncodedImageList`: the byte tensors as a list, their
-    labels and indices, and ``(index, reason)`` of the unreadable files."""
+class EncodedBatch(NamedTuple):
+    """Collated :class:`EncodedImageList` items: the readable files' bytes, labels, dataset
+    indices and augmentation seeds (or None), and ``(index, reason)`` of the unreadable ones."""
+
+    encoded: list[torch.Tensor]
+    labels: torch.Tensor
+    indices: torch.Tensor
+    failed: list[tuple[int, str]]
+    seeds: list[int] | None
+
+
+def collate_encoded(items) -> EncodedBatch:
+    """``collate_fn`` for :class:`EncodedImageList`."""
     good = [item for item in items if item[0] is not None]
-    failed = [(index, reason) for data, _, index, reason in items if data is None]
+    failed = [(item[2], item[3]) for item in items if item[0] is None]
     labels = torch.tensor([item[1] for item in good], dtype=torch.long)
     indices = torch.tensor([item[2] for item in good], dtype=torch.long)
-    return [item[0] for item in good], labels, indices, failed
+    seeds = [item[4] for item in good] if good and good[0][4] is not None else None
+    return EncodedBatch([item[0] for item in good], labels, indices, failed, seeds)
 
 
 class DeviceDecoder:
@@ -59,8 +81,8 @@ class DeviceDecoder:
     resize the smaller edge to ``input_size``, then a centre crop (``train=False``) or a
     random crop and horizontal flip (``train=True``) of ``crop_size``, as float in [0, 1].
 
-    Random choices come from a CPU generator, seeded per image when ``seeds`` are given
-    (so they do not depend on the device or on batch composition).
+    Random choices come from a CPU generator, seeded per image when the batch has seeds
+    (so they depend neither on the device nor on the batch composition).
     """
 
     def __init__(self, input_size: int = 256, crop_size: int = 224, train: bool = False) -> None:
@@ -68,28 +90,21 @@ class DeviceDecoder:
             raise ValueError(f"'crop_size' ({crop_size}) must not exceed 'input_size' ({input_size})")
         self.input_size, self.crop_size, self.train = input_size, crop_size, train
 
-    def __call__(
-        self,
-        encoded: list[torch.Tensor],
-        labels: torch.Tensor,
-        indices: torch.Tensor,
-        failed: list[tuple[int, str]],
-        device: torch.device,
-        seeds: Sequence[int] | None = None,
-    ) -> Batch:
+    def __call__(self, batch: EncodedBatch, device: torch.device) -> Batch:
         """A :class:`utils.data.Batch` on ``device``; images that fail to decode join ``failed``."""
-        decoded, reasons = self._decode(encoded, device)
-        images, kept = [], []
+        decoded, reasons = self._decode(batch.encoded, device)
+        images, kept, failed = [], [], list(batch.failed)
         for position, image in enumerate(decoded):
             if image is None:
-                failed = [*failed, (int(indices[position]), reasons[position])]
+                failed.append((int(batch.indices[position]), reasons[position]))
                 continue
-            generator = torch.Generator().manual_seed(int(seeds[position])) if seeds is not None else None
+            seed = batch.seeds[position] if batch.seeds is not None else None
+            generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
             images.append(self._transform(image, generator))
             kept.append(position)
         keep = torch.tensor(kept, dtype=torch.long)
         stacked = torch.stack(images) if images else None
-        return Batch(stacked, labels[keep].to(device, non_blocking=True), indices[keep], failed)
+        return Batch(stacked, batch.labels[keep].to(device, non_blocking=True), batch.indices[keep], failed)
 
     @staticmethod
     def _decode(encoded: list[torch.Tensor], device: torch.device):
@@ -136,3 +151,27 @@ def _decode_one(data: torch.Tensor, device: torch.device, jpeg: bool) -> tuple[t
         return torchvision.io.decode_image(data, mode=ImageReadMode.RGB).to(device), ""
     except RuntimeError as error:
         return None, f"RuntimeError: {str(error).splitlines()[0]}"
+
+
+class DecodingLoader:
+    """A DataLoader of :class:`EncodedImageList` whose batches come out decoded on
+    ``device`` as :class:`utils.data.Batch` (``sampler``, ``dataset`` and ``len`` are the
+    wrapped loader's, so training and evaluation loops take it as they take a loader)."""
+
+    def __init__(self, loader, decoder: DeviceDecoder, device: torch.device) -> None:
+        self.loader, self.decoder, self.device = loader, decoder, device
+
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
+    @property
+    def dataset(self):
+        return self.loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.loader:
+            yield self.decoder(batch, self.device)
