@@ -24,8 +24,8 @@ from torchvision.models.resnet import Bottleneck
 import Evaluation_L_CAM_ResNet50
 import Evaluation_L_CAM_VGG16
 from models import build_model
-from models.lcam import LCAM
 from scripts.evaluate import REPO_ROOT, cli, get_args_parser
+from tests.toy_models import tiny_lcam
 from utils.checkpoint import make_checkpoint, save_checkpoint
 from utils.data import Batch
 from utils.evaluation import (
@@ -116,37 +116,6 @@ def per_sample_convolutions():
         warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
         with torch.backends.mkldnn.flags(enabled=False):
             yield
-
-
-class TinyLCAM(LCAM):
-    """A shallow L-CAM (two convolutions, 8 x 8 CAMs at 32 px) with well-conditioned
-    outputs, for tests of the evaluator that need many images."""
-
-    arch = "TinyLCAM"
-
-    def __init__(self, num_classes: int = 6) -> None:
-        super().__init__(in_channels=16, num_classes=num_classes)
-        self.features = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
-            torch.nn.ReLU(),
-        )
-        self.head = torch.nn.Linear(16, num_classes)
-
-    def feature_maps(self, normalized_images: torch.Tensor) -> torch.Tensor:
-        return self.features(normalized_images)
-
-    def classify_feature_maps(self, feature_maps: torch.Tensor) -> torch.Tensor:
-        return self.head(feature_maps.mean(dim=(2, 3)))
-
-
-def _tiny(seed: int = 3) -> TinyLCAM:
-    torch.manual_seed(seed)
-    model = TinyLCAM().eval()
-    with torch.no_grad():
-        model.head.weight.mul_(5.0)
-    return model
 
 
 def _script_args(trained, dataset, output, *extra):
@@ -260,7 +229,7 @@ def test_lcam_classifier_is_the_plain_pass(trained):
 
 
 def test_three_percentages_equal_three_separate_passes():
-    model = _tiny()
+    model = tiny_lcam()
     images = _smooth_images(6, 32, torch.Generator().manual_seed(0))
     loader = [(images[:4], torch.arange(4)), (images[4:], torch.arange(2))]
     explainer = LCAMExplainer(model)
@@ -337,7 +306,7 @@ def test_bf16_autocast_stays_within_half_a_point_of_fp32():
     # predictions), and IC counts decisions: on 64 images one flipped O > Y moves it by 1.6
     # points. So: a well-conditioned shallow L-CAM, and IC compared on the images whose
     # O and Y differ by more than 2 % in float32 (rounding can't flip those).
-    model = _tiny()
+    model = tiny_lcam()
     images = _smooth_images(64, 32, torch.Generator().manual_seed(3))
     loader = [(images, torch.zeros(64, dtype=torch.long))]
     explainer = LCAMExplainer(model)
@@ -498,7 +467,7 @@ def test_conflicting_or_bad_percentages_are_parser_errors(capsys):
 
 
 def test_loader_of_plain_tuples_and_batches_agree():
-    model = _tiny()
+    model = tiny_lcam()
     images = _smooth_images(3, 32, torch.Generator().manual_seed(5))
     labels = torch.tensor([1, 2, 3])
     explainer = LCAMExplainer(model)
