@@ -1,16 +1,21 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # AD/IC of an L-CAM ResNet50 checkpoint at 100 %, 50 % and 15 % of the pixels kept (the paper's
-# table) in one batched pass: Evaluation_L_CAM_ResNet50.py with the reference's settings.
-# Runs from any directory. Paths and the variant come from environment variables (defaults:
-# the SPEC layout under the repository); every flag can be added or overridden, e.g.
-#   ARCH=ResNet50_L_CAM_Fm bash scripts/ResNet50_AD_IC.sh --restore_from run/lcam_epoch_7_glo_step_1000.pth.tar --amp bf16
-#   PERCENTAGES=0.5 bash scripts/ResNet50_AD_IC.sh        # one percentage, as the reference's --percentage
-set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# table), in one batched pass that shares the plain forward (SPEC sections 5 and 7).
+# Runs from any directory. Environment variables (defaults: the SPEC layout under the repository root):
+#   ARCH          ResNet50_L_CAM_Img (or ResNet50_L_CAM_Fm, ResNet50_L_CAM_ImgA, ResNet50_L_CAM_FmA)
+#   IMG_DIR       $ROOT/dataset/ILSVRC2012_img_val
+#   TEST_LIST     $ROOT/datalist/ILSVRC/Evaluation_2000.txt
+#   SNAPSHOT_DIR  $ROOT/snapshots/$ARCH (its newest checkpoint is evaluated, unless --restore_from FILE)
+#   PERCENTAGES   0,0.5,0.85 (one value = the reference's --percentage)
+#   LAUNCHER      python
+# Further flags go to Evaluation_L_CAM_ResNet50.py and win over the ones below, e.g.
+#   sh scripts/ResNet50_AD_IC.sh --restore_from snapshots/ResNet50_L_CAM_Img/imagenet_epoch_7_glo_step_160000.pth.tar --amp bf16
+set -eu
+ROOT=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)
+ARCH=${ARCH:-ResNet50_L_CAM_Img}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-ARCH="${ARCH:-ResNet50_L_CAM_Img}"
 
-exec "${PYTHON:-python}" "$ROOT/Evaluation_L_CAM_ResNet50.py" \
+exec ${LAUNCHER:-python} "$ROOT/Evaluation_L_CAM_ResNet50.py" \
 	--arch "$ARCH" \
 	--img_dir "${IMG_DIR:-$ROOT/dataset/ILSVRC2012_img_val}" \
 	--test_list "${TEST_LIST:-$ROOT/datalist/ILSVRC/Evaluation_2000.txt}" \

@@ -483,11 +483,11 @@ def test_shell_script_runs_from_another_directory(trained, dataset, tmp_path):
     img_dir, datalist = dataset
     script = os.path.join(REPO_ROOT, "scripts", "ResNet50_AD_IC.sh")
     command = [
-        "bash", script, "--arch", ARCH, "--restore_from", snapshot, "--test_list", datalist, "--img_dir", img_dir,
+        "sh", script, "--arch", ARCH, "--restore_from", snapshot, "--test_list", datalist, "--img_dir", img_dir,
         "--input_size", str(INPUT_SIZE), "--crop_size", str(CROP_SIZE), "--limit", "2", "--num_workers", "0",
         "--device", "cpu", "--output", "out/result.json",
     ]  # fmt: skip
-    environment = {**os.environ, "PYTHON": sys.executable}
+    environment = {**os.environ, "LAUNCHER": sys.executable}
     completed = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.count("Average Drop is:") == 3
