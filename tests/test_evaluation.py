@@ -414,20 +414,33 @@ def test_head_checkpoint_of_another_arch_fails_in_one_line(trained, dataset, tmp
     assert "checkpoint of arch 'ResNet50_L_CAM_Img', but --arch is 'ResNet50_L_CAM_Fm'" in error
 
 
-def test_head_checkpoint_restores_head_and_recorded_backbone(trained, tmp_path):
+def test_head_checkpoint_rebuilds_the_recorded_backbone(trained, tmp_path):
     model, _ = trained
+    backbone = {key: value for key, value in model.state_dict().items() if not key.startswith("attnM.")}
+    backbone_file = tmp_path / "resnet50_backbone.pth"
+    torch.save(backbone, backbone_file)  # a torchvision-format state_dict
     changed = copy.deepcopy(model)
     with torch.no_grad():
         changed.attnM.op.weight.add_(1.0)
+    changed.backbone_weights = str(backbone_file)  # what training records
     head = make_checkpoint(changed, epoch=2, global_counter=9)
-    assert head["contents"] == "head" and head["backbone_weights"] == "none"
-    path = save_checkpoint(head, tmp_path / "lcam_epoch_2_glo_step_9.pth.tar")
-    restored, metadata = load_lcam_model(ARCH, tmp_path)  # a folder: its newest checkpoint
-    assert metadata["epoch"] == 2 and metadata["path"] == path
-    assert not restored.training
-    torch.testing.assert_close(restored.attnM.op.weight, changed.attnM.op.weight)
+    assert head["contents"] == "head" and "conv1.weight" not in head["state_dict"]
+    run = tmp_path / "run"
+    path = save_checkpoint(head, run / "lcam_epoch_2_glo_step_9.pth.tar")
+    restored, metadata = load_lcam_model(ARCH, run)  # a folder: its newest checkpoint
+    assert metadata["epoch"] == 2 and metadata["path"] == path and not restored.training
+    images = torch.rand(2, 3, CROP_SIZE, CROP_SIZE)
+    with torch.no_grad():
+        expected, got = changed(images), restored(images)
+    torch.testing.assert_close(got.logits, expected.logits)
+    torch.testing.assert_close(got.cams, expected.cams)
     with pytest.raises(ValueError, match="checkpoint has 10 classes, but --num_classes is 1000"):
         load_lcam_model(ARCH, path, num_classes=1000)
+    # a head trained on a random backbone can't be evaluated faithfully: say so
+    changed.backbone_weights = "none"
+    save_checkpoint(make_checkpoint(changed, 3, 10), run / "lcam_epoch_3_glo_step_10.pth.tar")
+    with pytest.warns(UserWarning, match="trained on a randomly initialised backbone"):
+        load_lcam_model(ARCH, run)
 
 
 def test_missing_checkpoint_is_an_error_not_an_untrained_head(dataset, tmp_path, capsys):

@@ -644,6 +644,12 @@ def load_lcam_model(
         pretrained = _weights_name(backbone_weights)
     else:
         pretrained = _weights_name(recorded_weights)
+        if pretrained is False:
+            warnings.warn(
+                f"{path}: head-only checkpoint trained on a randomly initialised backbone, which it does not "
+                "hold: a new random backbone is built (give --backbone_weights, or save full checkpoints)",
+                stacklevel=2,
+            )
     backbone_mode = settings.pop("backbone_mode", "reference")
     model = build_model(
         arch, pretrained=pretrained, num_classes=stored_classes, backbone_mode=backbone_mode, **settings
