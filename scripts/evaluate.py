@@ -123,6 +123,11 @@ def get_args_parser(
     speed.add_argument(
         "--disp_interval", type=int, default=40, help="show the running AD/IC every N batches (0: never)"
     )
+    ignored = parser.add_argument_group("reference flags, accepted and ignored (so its command lines run)")
+    ignored.add_argument("--dataset", default="imagenet", help="ignored")
+    ignored.add_argument("--lr", type=float, default=0.0001, help="ignored")
+    ignored.add_argument("--global_counter", type=int, default=0, help="ignored")
+    ignored.add_argument("--current_epoch", type=int, default=0, help="ignored")
     parser.set_defaults(default_percentage=percentage, default_train_list=train_list)
     return parser
 
