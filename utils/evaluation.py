@@ -457,7 +457,7 @@ def write_result(
         "num_images": result.num_images,
         "num_unreadable": result.num_unreadable,
         "seconds": result.seconds,
-        "images_per_second": result.images_per_second,
+        "images_per_second": result.images_per_second if math.isfinite(result.images_per_second) else None,
         "summary": result.summary,
         "unreadable": result.unreadable,
         "images": result.records,
@@ -486,8 +486,6 @@ def write_result(
 def _json_default(value):
     if torch.is_tensor(value):
         return value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
     return str(value)
 
 
