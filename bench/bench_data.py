@@ -18,12 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.bench_lcam import _measure, device_name
-from models import build_model
+from bench import bench_lcam
 from utils.data import ImageList, build_loader, eval_transform
 from utils.device_decode import DeviceDecoder, EncodedImageList, collate_encoded
-from utils.optim import build_optimizer
-from utils.runtime import autocast, resolve_device
+from utils.runtime import resolve_device
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -60,7 +58,7 @@ def _images_per_second(loader, consume, device) -> float:
 
 def main(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    print(f"device: {device_name(device)}; {args.num_workers} workers; batch {args.batch_size}")
+    print(f"device: {bench_lcam.device_name(device)}; {args.num_workers} workers; batch {args.batch_size}")
     with tempfile.TemporaryDirectory() as folder:
         samples = _write_jpegs(folder, args.images)
         pil_loader = build_loader(
@@ -73,19 +71,9 @@ def main(args: argparse.Namespace) -> dict:
         )
         on_device = _images_per_second(encoded_loader, lambda batch: len(decoder(batch, device).images), device)
 
-    model = build_model(args.arch, pretrained=False).to(device).train()
-    optimizer = build_optimizer(model, 1e-4)
+    step_args = bench_lcam.get_args_parser().parse_args(["--amp", args.amp, "--warmup", "2", "--iters", "5"])
     images = torch.rand(args.batch_size, 3, 224, 224, device=device)
-    labels = torch.randint(0, 1000, (args.batch_size,), device=device)
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, args.amp):
-            loss = model.loss(model(images, labels), labels).total
-        loss.backward()
-        optimizer.step()
-
-    training = _measure(train_step, device, args.batch_size, 2, 5)["images_per_s"]
+    training = bench_lcam.bench_training_step(args.arch, images, step_args, device)["images_per_s"]
     figures = {"pil_workers": pil, "device_decode": on_device, "training_step": training}
     print(
         f"PIL decode+resize+crop ({args.num_workers} workers): {pil:9.1f} img/s  ratio to training {pil / training:5.2f}"

@@ -99,7 +99,7 @@ def _bench_backbone(torchvision_builder, images: torch.Tensor, args, device: tor
     return _measure(forward_step, device, len(images), args.warmup, args.iters)
 
 
-def _bench_training(arch: str, images: torch.Tensor, args, device: torch.device) -> dict:
+def bench_training_step(arch: str, images: torch.Tensor, args, device: torch.device) -> dict:
     """One optimizer step of ``arch``: forward with labels, loss, backward, SGD step."""
     model = _prepare(build_model(arch, pretrained=False, backbone_mode=args.backbone_mode), args, device).train()
     optimizer = build_optimizer(model, 1e-4, fused=device.type == "cuda")
@@ -156,7 +156,7 @@ def bench_family(family: str, args, device: torch.device) -> list[dict]:
 
     for arch in (fm_arch, img_arch):
         name = f"training step {arch.split('_L_CAM_')[1]} (batch {min(args.train_batch_size, args.batch_size)})"
-        record(name, _bench_training(arch, images[: args.train_batch_size], args, device))
+        record(name, bench_training_step(arch, images[: args.train_batch_size], args, device))
 
     if args.baselines:
         wrapped = NormalizedClassifier.from_lcam(copy.deepcopy(model).eval())

@@ -112,19 +112,26 @@ def _resnet_reference_forward(model, x, labels, apply_to, normalize_first=True):
     return resnet(_normalize(x * up)), c
 
 
+def _check_against_reference(model, x, labels, reference_forward):
+    with torch.no_grad():
+        for given in (None, labels):
+            out = model(x, given)
+            logits, cams = reference_forward(model, x, given)
+            torch.testing.assert_close(out.logits, logits, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out.cams, cams, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "arch, feature_end, apply_to",
     [("VGG16_L_CAM_Fm", 30, "feature_maps"), ("VGG16_L_CAM_Img", 30, "image"), ("VGG16_7x7_L_CAM_Img", 31, "image")],
 )
 def test_vgg_forward_equals_reference_formulation(arch, feature_end, apply_to, make_model, images):
-    model = make_model(arch, num_classes=10)
-    x, labels = images(2, 48, seed=1), torch.tensor([4, 7])
-    with torch.no_grad():
-        for given in (None, labels):
-            out = model(x, given)
-            logits, cams = _vgg_reference_forward(model, x, given, feature_end, apply_to)
-            torch.testing.assert_close(out.logits, logits, rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(out.cams, cams, rtol=1e-4, atol=1e-5)
+    _check_against_reference(
+        make_model(arch, num_classes=10),
+        images(2, 48, seed=1),
+        torch.tensor([4, 7]),
+        lambda model, x, labels: _vgg_reference_forward(model, x, labels, feature_end, apply_to),
+    )
 
 
 @pytest.mark.parametrize(
@@ -136,14 +143,12 @@ def test_vgg_forward_equals_reference_formulation(arch, feature_end, apply_to, m
     ],
 )
 def test_resnet_forward_equals_reference_formulation(arch, apply_to, normalize_first, make_model, images):
-    model = make_model(arch, num_classes=10)
-    x, labels = images(2, 64, seed=2), torch.tensor([1, 9])
-    with torch.no_grad():
-        for given in (None, labels):
-            out = model(x, given)
-            logits, cams = _resnet_reference_forward(model, x, given, apply_to, normalize_first)
-            torch.testing.assert_close(out.logits, logits, rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(out.cams, cams, rtol=1e-4, atol=1e-5)
+    _check_against_reference(
+        make_model(arch, num_classes=10),
+        images(2, 64, seed=2),
+        torch.tensor([1, 9]),
+        lambda model, x, labels: _resnet_reference_forward(model, x, labels, apply_to, normalize_first),
+    )
 
 
 def test_imga_quirk_flag_normalizes_the_first_pass(images):
