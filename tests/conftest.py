@@ -75,3 +75,29 @@ def jpeg_tree(tmp_path):
         return root, datalist, samples
 
     return make
+
+
+@pytest.fixture
+def tiny_classifier():
+    """``tiny_classifier(seed=0)``: a seeded 5-class CNN wrapped as
+    :class:`utils.baselines.NormalizedClassifier` (eval mode; target layer = its second ReLU,
+    16 channels, 8 x 8 at 32 px), small enough for Score-CAM, RISE and ROAD loops."""
+    from torch import nn
+
+    from utils.baselines import NormalizedClassifier
+
+    def make(seed: int = 0) -> NormalizedClassifier:
+        torch.manual_seed(seed)
+        net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(4),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 5),
+        )
+        return NormalizedClassifier(net.eval(), net[4])
+
+    return make

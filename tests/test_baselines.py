@@ -26,24 +26,8 @@ SIZE = 32
 FEATURE_SIZE = 8  # the tiny model's target layer at 32 px
 
 
-def tiny_classifier(seed: int = 0) -> NormalizedClassifier:
-    """A 5-class CNN small enough for Score-CAM/RISE loops; target = the second ReLU (16 ch)."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(4),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 5),
-    )
-    return NormalizedClassifier(net.eval(), net[4])
-
-
-@pytest.fixture(scope="module")
-def classifier():
+@pytest.fixture
+def classifier(tiny_classifier):
     return tiny_classifier()
 
 
@@ -180,7 +164,7 @@ def test_rise_masks_are_cached_to_a_file_and_checked(tmp_path, classifier, batch
         RISE(classifier, num_masks=13, mask_path=path, seed=5).explain(x, classes)
 
 
-def test_rise_default_mask_counts_follow_the_reference(make_model):
+def test_rise_default_mask_counts_follow_the_reference(make_model, tiny_classifier):
     resnet = NormalizedClassifier.from_lcam(make_model("ResNet50_L_CAM_Img", num_classes=5))
     assert RISE(resnet).settings["num_masks"] == 8000
     assert RISE(tiny_classifier()).settings["num_masks"] == 4000  # family unknown -> VGG-16 default
