@@ -26,14 +26,19 @@ import os
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
+
+from utils.data import ImageList, check_images_exist, read_datalist
 
 __all__ = [
     "CLASS_NAMES",
     "INK_THRESHOLD",
     "SPLITS",
     "DigitsDataset",
+    "DigitsSplit",
+    "load_split",
     "make_digits_dataset",
     "read_boxes",
     "render_canvas",
@@ -271,3 +276,41 @@ def read_boxes(boxes_file: str | os.PathLike) -> dict[str, tuple[int, int, int, 
                 raise ValueError(f"{boxes_file}:{line_number}: malformed row {row!r} ({error})") from error
             boxes[path] = box
     return boxes
+
+
+class DigitsSplit(NamedTuple):
+    """One split in memory: images (N x 3 x H x W float in [0, 1]), labels (N), boxes
+    (N x 4 long, x0 y0 x1 y1) and the image paths, in datalist order."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    boxes: torch.Tensor
+    paths: list[str]
+
+
+def load_split(dataset: DigitsDataset, split: str, limit: int | None = None) -> DigitsSplit:
+    """Read the first ``limit`` (default all) images of ``split`` through its datalist
+    (:func:`utils.data.read_datalist`, :class:`utils.data.ImageList`) with their boxes.
+
+    Raises:
+        FileNotFoundError: a missing list, box file or image.
+        ValueError: an unreadable image or an image without a box.
+    """
+    list_path = dataset.list_of(split)
+    samples = read_datalist(list_path, dataset.root, dataset.num_classes)[:limit]
+    check_images_exist(samples, list_path)
+    boxes = read_boxes(dataset.boxes_file)
+    missing = [path for path, _ in samples if path not in boxes]
+    if missing:
+        raise ValueError(f"{dataset.boxes_file}: no box for {missing[0]!r} ({len(missing)} images without a box)")
+    images = []
+    for tensor, _, _, reason in ImageList(samples):
+        if reason is not None:
+            raise ValueError(f"{list_path}: unreadable image: {reason}")
+        images.append(tensor)
+    return DigitsSplit(
+        torch.stack(images),
+        torch.tensor([label for _, label in samples], dtype=torch.long),
+        torch.tensor([boxes[path] for path, _ in samples], dtype=torch.long),
+        [path for path, _ in samples],
+    )

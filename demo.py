@@ -1,0 +1,472 @@
+"""The end-to-end demo on bundled data: digits on cluttered canvases, a small CNN, L-CAM heads
+and the baselines, AD/IC and localisation, a results table, figures and checkpoints.
+
+    python demo.py                      # the full demo (a few minutes on 2 CPU cores)
+    python demo.py --quick              # a smoke run (well under a minute)
+    python demo.py --output_dir runs/my_demo --device cuda
+
+Steps: (1) write the digits dataset (:mod:`utils.digits`); (2) train :class:`DigitsCNN`
+on it; (3) wrap it as L-CAM on any CNN (:class:`models.generic.GenericLCAM`, split
+automatically after its last convolutional stage) and write its "model truth" labels of
+the training images; (4) train the L-CAM-Img and L-CAM-Fm heads with the reference map
+selection and with own-label maps on those labels (:func:`utils.training.fit`); (5) run
+the AD/IC protocol at 100/50/15 % (:func:`utils.evaluation.evaluate`) and the localisation
+metrics (:mod:`utils.localization`) for L-CAM and the baselines (:mod:`utils.baselines`)
+on held-out images; (6) write ``results.{md,csv,json}``, ``overlays.png``,
+``metrics.png`` and the checkpoints under ``--output_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from models.generic import GenericLCAM
+from utils.baselines import NormalizedClassifier, build_explainer
+from utils.checkpoint import save_checkpoint
+from utils.digits import CLASS_NAMES, DigitsSplit, load_split, make_digits_dataset
+from utils.evaluation import LCAMExplainer, evaluate, normalize_and_upsample
+from utils.localization import LocalizationMeter
+from utils.optim import build_optimizer
+from utils.runtime import resolve_device, seed_everything
+from utils.training import TrainOptions, fit
+from utils.visualize import overlay, save_table, to_pil
+
+PERCENTAGES = (0.0, 0.5, 0.85)  # fractions of pixels dropped: 100 %, 50 %, 15 % kept
+LCAM_METHODS = {
+    # key: (table name, GenericLCAM settings)
+    "lcam_img_own": ("L-CAM-Img (own-label maps)", {"apply_cam_to": "image", "mask_loss_maps": "own"}),
+    "lcam_img_ref": ("L-CAM-Img (reference maps)", {"apply_cam_to": "image", "mask_loss_maps": "batch"}),
+    "lcam_fm_own": ("L-CAM-Fm (own-label maps)", {"apply_cam_to": "feature_maps", "mask_loss_maps": "own"}),
+    "lcam_fm_ref": ("L-CAM-Fm (reference maps)", {"apply_cam_to": "feature_maps", "mask_loss_maps": "batch"}),
+}
+BASELINE_METHODS = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "scorecam": "Score-CAM", "rise": "RISE"}
+ALL_METHODS = (*LCAM_METHODS, *BASELINE_METHODS)
+RECOMMENDED = "lcam_img_own"
+QUICK = {
+    "num_train": 300,
+    "num_val": 60,
+    "num_test": 60,
+    "classifier_epochs": 2,
+    "head_epochs": 1,
+    "head_train_images": 192,
+    "eval_images": 48,
+    "rise_masks": 64,
+    "rise_images": 8,
+}
+
+
+class DigitsCNN(nn.Module):
+    """A small VGG-like CNN for the digit canvases: four stages of 3x3 conv-BN-ReLU (1, 2, 2,
+    2 convolutions; widths w, 2w, 4w, 8w; max-pooling between stages, so the last stage is
+    at 1/8 of the input), global average pooling and one linear layer.
+
+    Its last stage is the module ``features.3``; :class:`GenericLCAM` finds the split
+    (``features``, the top-level module holding the last convolution) by itself.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 8) -> None:
+        super().__init__()
+        widths = (width, 2 * width, 4 * width, 8 * width)
+        stages, in_channels = [], 3
+        for index, (out_channels, convolutions) in enumerate(zip(widths, (1, 2, 2, 2))):
+            layers: list[nn.Module] = []
+            for _ in range(convolutions):
+                layers += [
+                    nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(out_channels),
+                    nn.ReLU(inplace=True),
+                ]
+                in_channels = out_channels
+            if index < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            stages.append(nn.Sequential(*layers))
+        self.features = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class _ClassifierObjective(nn.Module):
+    """The classifier as :func:`utils.training.fit` trains a model: ``forward(images,
+    labels)`` -> logits of the [0, 1] images, ``loss(logits, labels)`` -> cross-entropy."""
+
+    def __init__(self, classifier: NormalizedClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(images)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels)
+
+
+class _RecordingExplainer:
+    """Passes ``explain`` through and keeps every map (on the CPU), so the maps of the AD/IC
+    pass also serve the localisation metrics and the figures without recomputation."""
+
+    def __init__(self, explainer: Any) -> None:
+        self.explainer = explainer
+        self.maps: list[torch.Tensor] = []
+
+    def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        maps = self.explainer.explain(images, classes)
+        self.maps.append(maps.detach().float().cpu())
+        return maps
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, add_help=add_help, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--output_dir", default="runs/demo", help="results, figures and checkpoints (default runs/demo)"
+    )
+    parser.add_argument(
+        "--data_dir", default=None, help="where the digits dataset is written (default OUTPUT_DIR/data)"
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny data, one epoch each (for CI)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the data, the weights and the batches")
+    data = parser.add_argument_group("data")
+    data.add_argument("--canvas_size", type=int, default=64, help="canvas side in pixels (64-96)")
+    data.add_argument("--num_train", type=int, default=4000, help="training canvases")
+    data.add_argument("--num_val", type=int, default=500, help="validation canvases (classifier accuracy)")
+    data.add_argument("--num_test", type=int, default=500, help="held-out canvases")
+    training = parser.add_argument_group("training")
+    training.add_argument("--width", type=int, default=8, help="DigitsCNN width w (stages w, 2w, 4w, 8w)")
+    training.add_argument("--batch_size", type=int, default=64, help="classifier batch size")
+    training.add_argument("--classifier_epochs", type=int, default=8)
+    training.add_argument("--classifier_lr", type=float, default=3e-3, help="AdamW lr, cosine decay over the epochs")
+    training.add_argument("--head_epochs", type=int, default=8, help="epochs of each L-CAM head")
+    training.add_argument("--head_lr", type=float, default=1e-4, help="the reference --lr (AM weights train at 100x)")
+    training.add_argument("--head_batch_size", type=int, default=64, help="L-CAM head batch size")
+    training.add_argument("--head_train_images", type=int, default=2000, help="training images of the heads")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument(
+        "--methods", default=",".join(ALL_METHODS), help=f"comma-separated, of {', '.join(ALL_METHODS)}"
+    )
+    evaluation.add_argument("--eval_images", type=int, default=500, help="held-out images evaluated (at most num_test)")
+    evaluation.add_argument("--rise_masks", type=int, default=1000, help="RISE masks per image")
+    evaluation.add_argument("--rise_images", type=int, default=100, help="images RISE is evaluated on (the slowest)")
+    evaluation.add_argument("--overlay_images", type=int, default=6, help="rows of overlays.png")
+    return parser
+
+
+def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """Apply ``--quick``; validate; return the methods."""
+    if args.quick:
+        defaults = get_args_parser(add_help=False).parse_args([])
+        for key, value in QUICK.items():
+            if getattr(args, key) == getattr(defaults, key):  # flags given explicitly win
+                setattr(args, key, value)
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    unknown = [name for name in methods if name not in ALL_METHODS]
+    if unknown or not methods:
+        parser.error(f"--methods: unknown {unknown or 'empty list'}; valid: {', '.join(ALL_METHODS)}")
+    for name in (
+        "num_train",
+        "num_val",
+        "num_test",
+        "width",
+        "batch_size",
+        "head_batch_size",
+        "eval_images",
+        "rise_masks",
+        "rise_images",
+    ):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if not 32 <= args.canvas_size <= 256:
+        parser.error(f"--canvas_size must be in [32, 256], got {args.canvas_size}")
+    args.eval_images = min(args.eval_images, args.num_test)
+    args.rise_images = min(args.rise_images, args.eval_images)
+    args.head_train_images = min(args.head_train_images, args.num_train)
+    return methods
+
+
+def _loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    dataset = TensorDataset(images, labels, torch.arange(len(labels)))
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def _cosine(epochs: int):
+    def schedule(optimizer: torch.optim.Optimizer, epoch: int) -> None:
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+    return schedule
+
+
+@torch.no_grad()
+def predict(classifier: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Predicted classes of ``images`` (in [0, 1]) by ``classifier``, in eval mode."""
+    classifier.eval()
+    return torch.cat(
+        [classifier(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)]
+    )
+
+
+def train_classifier(args, train: DigitsSplit, device: torch.device) -> NormalizedClassifier:
+    """Train :class:`DigitsCNN` with AdamW and a cosine schedule through the project's loop."""
+    torch.manual_seed(args.seed)
+    network = DigitsCNN(num_classes=len(CLASS_NAMES), width=args.width)
+    classifier = NormalizedClassifier(network, network.features).to(device)
+    objective = _ClassifierObjective(classifier)
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=args.classifier_lr, weight_decay=1e-4)
+    loader = _loader(train.images, train.labels, args.batch_size, shuffle=True, seed=args.seed)
+    options = TrainOptions(device=device, disp_interval=20, progress=True)
+    fit(objective, loader, optimizer, args.classifier_epochs, options, lr_schedule=_cosine(args.classifier_epochs))
+    classifier.eval()
+    return classifier
+
+
+def write_model_truth(path: str, split: DigitsSplit, predictions: torch.Tensor, root: str) -> None:
+    """The datalist of ``split`` with the classifier's predictions as labels (the reference
+    trains L-CAM on these "model truth" labels)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for image_path, label in zip(split.paths, predictions.tolist()):
+            handle.write(f"{os.path.relpath(image_path, root)} {label}\n")
+
+
+def train_head(args, key: str, network: nn.Module, images, labels, device: torch.device) -> GenericLCAM:
+    """Train one L-CAM head on the frozen classifier; checkpoints in OUTPUT_DIR/heads/KEY."""
+    torch.manual_seed(args.seed)
+    _, settings = LCAM_METHODS[key]
+    model = GenericLCAM.build(
+        backbone=network, num_classes=len(CLASS_NAMES), input_size=args.canvas_size, backbone_mode="frozen", **settings
+    ).to(device)
+    options = TrainOptions(
+        device=device,
+        disp_interval=10,
+        snapshot_dir=os.path.join(args.output_dir, "heads", key),
+        args={**vars(args), "method": key},
+        progress=True,
+    )
+    loader = _loader(images, labels, args.head_batch_size, shuffle=True, seed=args.seed)
+    fit(model, loader, build_optimizer(model, args.head_lr), args.head_epochs, options)
+    return model.eval()
+
+
+def _explainer(key: str, heads: dict[str, GenericLCAM], classifier: NormalizedClassifier, args) -> Any:
+    if key in LCAM_METHODS:
+        return LCAMExplainer(heads[key])
+    return build_explainer(
+        key,
+        classifier,
+        rise_masks=args.rise_masks,
+        rise_seed=args.seed,
+        rise_mask_path=os.path.join(args.output_dir, "rise_masks.pt"),
+        chunk_size=250,
+    )
+
+
+def evaluate_method(
+    key, explainer, classifier, test: DigitsSplit, count: int, args, device
+) -> tuple[dict, torch.Tensor]:
+    """AD/IC at every percentage and localisation on the first ``count`` held-out images;
+    returns the table row and the maps (count x 1 x H x W, in [0, 1])."""
+    recorder = _RecordingExplainer(explainer)
+    loader = _loader(test.images[:count], test.labels[:count], 50, shuffle=False)
+    result = evaluate(classifier, recorder, loader, PERCENTAGES, device=device, description=key)
+    maps = normalize_and_upsample(torch.cat(recorder.maps), test.images.shape[-2:])
+    correct = result.predicted == result.labels  # explained class = prediction = ground truth
+    meter = LocalizationMeter()
+    meter.update(maps[correct], test.boxes[:count][correct])
+    row: dict[str, Any] = {"method": key, "name": LCAM_METHODS.get(key, (BASELINE_METHODS.get(key),))[0]}
+    for entry in result.summary:
+        kept = f"{round(entry['kept_percent'])}"
+        row[f"AD{kept}"] = entry["average_drop"]
+        row[f"IC{kept}"] = entry["increase_in_confidence"]
+    localisation = meter.summary()
+    row.update(
+        energy_in_box=localisation["energy_in_box"],
+        pointing_game=localisation["pointing_game"],
+        images=result.num_images,
+        localised_images=localisation["count"],
+        seconds=result.seconds,
+    )
+    return row, maps
+
+
+COLUMNS = ("AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "energy_in_box", "pointing_game")
+
+
+def write_results(rows: list[dict], info: dict[str, Any], output_dir: str) -> str:
+    """results.csv, results.json and results.md; returns the markdown table."""
+    with open(os.path.join(output_dir, "results.csv"), "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as handle:
+        json.dump({"info": info, "results": rows}, handle, indent=2)
+    header = [
+        "method",
+        "AD 100% ↓",
+        "IC 100% ↑",
+        "AD 50% ↓",
+        "IC 50% ↑",
+        "AD 15% ↓",
+        "IC 15% ↑",
+        "energy in box % ↑",
+        "pointing game % ↑",
+        "images",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        values = [f"{row[column]:.1f}" for column in COLUMNS]
+        lines.append(f"| {row['name']} | " + " | ".join(values) + f" | {row['images']} |")
+    table = "\n".join(lines)
+    with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as handle:
+        handle.write(f"# L-CAM demo results\n\n{table}\n\n")
+        handle.write("".join(f"- {key}: {value}\n" for key, value in info.items()))
+    return table
+
+
+def save_metrics_figure(rows: list[dict], path: str) -> str:
+    """Bar charts: AD and IC at 100/50/15 % kept, and the two localisation scores."""
+    figure = Figure(figsize=(13, 3.8), dpi=100)
+    FigureCanvasAgg(figure)
+    panels = figure.subplots(1, 3)
+    names = [row["name"] for row in rows]
+    groups = (("AD (lower is better)", ("AD100", "AD50", "AD15")), ("IC (higher is better)", ("IC100", "IC50", "IC15")))
+    for axis, (title, columns) in zip(
+        panels, (*groups, ("localisation (higher is better)", ("energy_in_box", "pointing_game")))
+    ):
+        width = 0.8 / len(rows)
+        for index, (name, row) in enumerate(zip(names, rows)):
+            positions = [column + (index - len(rows) / 2 + 0.5) * width for column in range(len(columns))]
+            axis.bar(positions, [row[column] for column in columns], width, label=name)
+        labels = [
+            column.replace("AD", "").replace("IC", "") + ("% kept" if column[-1].isdigit() else "")
+            for column in columns
+        ]
+        axis.set_xticks(range(len(columns)), [label.replace("_", " ") for label in labels])
+        axis.set_title(title, fontsize=10)
+    panels[-1].legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def save_overlays(test: DigitsSplit, keys: list[str], maps: dict[str, torch.Tensor], rows: int, path: str) -> str:
+    """A grid: one held-out image per row, the image with its box, then each method's map."""
+    cells = []
+    for index in range(min(rows, len(test.labels))):
+        image = test.images[index].clone()
+        x0, y0, x1, y1 = test.boxes[index].tolist()
+        image[:, y0, x0:x1] = image[:, y1 - 1, x0:x1] = image[:, y0:y1, x0] = image[:, y0:y1, x1 - 1] = torch.tensor(
+            [0.0, 1.0, 0.0]
+        ).view(3, 1)
+        cells.append([to_pil(image)] + [overlay(test.images[index], maps[key][index, 0]) for key in keys])
+    titles = ["image, box"] + [LCAM_METHODS.get(key, (BASELINE_METHODS.get(key),))[0] for key in keys]
+    return save_table(cells, path, column_titles=titles, cell_inches=1.6)
+
+
+def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> list[dict]:
+    parser = parser or get_args_parser()
+    methods = _check_args(args, parser)
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    lap = [start]
+
+    def tick(step: str) -> None:
+        now = time.perf_counter()
+        timings[step] = round(now - lap[0], 1)
+        lap[0] = now
+
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    os.makedirs(args.output_dir, exist_ok=True)
+    data_dir = args.data_dir or os.path.join(args.output_dir, "data")
+    print(f"[1/6] digits dataset in {data_dir}")
+    dataset = make_digits_dataset(data_dir, args.seed, args.canvas_size, args.num_train, args.num_val, args.num_test)
+    train, val = load_split(dataset, "train"), load_split(dataset, "val")
+    test = load_split(dataset, "test", limit=args.eval_images)
+    tick("data")
+
+    print(
+        f"[2/6] DigitsCNN (width {args.width}) on {len(train.labels)} canvases, {args.classifier_epochs} epochs, {device}"
+    )
+    classifier = train_classifier(args, train, device)
+    network = classifier.classifier
+    accuracy = {
+        split: float((predict(classifier, data.images, device) == data.labels).double().mean() * 100)
+        for split, data in (("val", val), ("test", test))
+    }
+    print(f"      accuracy: val {accuracy['val']:.1f} %, held-out test {accuracy['test']:.1f} %")
+    if not args.quick and accuracy["test"] < 95:
+        print(
+            "      warning: below 95 % held-out accuracy; the explanations mean less (train longer: --classifier_epochs)"
+        )
+    save_checkpoint(
+        {"state_dict": network.state_dict(), "args": vars(args), "accuracy": accuracy},
+        os.path.join(args.output_dir, "classifier.pth"),
+    )
+
+    tick("classifier")
+    print("[3/6] model-truth labels of the training images")
+    model_truth = predict(classifier, train.images, device)
+    write_model_truth(os.path.join(args.output_dir, "model_truth_train.txt"), train, model_truth, dataset.root)
+    head_images, head_labels = train.images[: args.head_train_images], model_truth[: args.head_train_images]
+
+    heads = {}
+    lcam_keys = [key for key in methods if key in LCAM_METHODS]
+    for number, key in enumerate(lcam_keys, start=1):
+        print(
+            f"[4/6] L-CAM head {number}/{len(lcam_keys)}: {LCAM_METHODS[key][0]}, {args.head_epochs} epochs on {len(head_labels)} images"
+        )
+        heads[key] = train_head(args, key, network, head_images, head_labels, device)
+        tick(f"train {key}")
+
+    rows, maps = [], {}
+    for key in methods:
+        count = args.rise_images if key == "rise" else args.eval_images
+        print(f"[5/6] evaluating {key} on {count} held-out images")
+        explainer = _explainer(key, heads, classifier, args)
+        row, maps[key] = evaluate_method(key, explainer, classifier, test, count, args, device)
+        rows.append(row)
+        tick(f"evaluate {key}")
+
+    print("[6/6] results and figures")
+    info = {
+        "command": "python demo.py" + (" --quick" if args.quick else ""),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "classifier_accuracy_val": round(accuracy["val"], 2),
+        "classifier_accuracy_test": round(accuracy["test"], 2),
+        "seconds": round(time.perf_counter() - start, 1),
+        "seconds_per_step": timings,
+        "args": vars(args),
+    }
+    table = write_results(rows, info, args.output_dir)
+    save_metrics_figure(rows, os.path.join(args.output_dir, "metrics.png"))
+    save_overlays(test, methods, maps, args.overlay_images, os.path.join(args.output_dir, "overlays.png"))
+    tick("results")
+    print(table)
+    print("seconds per step: " + ", ".join(f"{step} {seconds}" for step, seconds in timings.items()))
+    print(
+        f"held-out accuracy {accuracy['test']:.1f} %; total {time.perf_counter() - start:.0f} s; outputs in {args.output_dir}"
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
