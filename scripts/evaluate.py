@@ -121,6 +121,13 @@ def get_args_parser(
     speed.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast the forward passes")
     speed.add_argument("--channels_last", action="store_true", help="channels_last memory format")
     speed.add_argument(
+        "--decode",
+        choices=("pil", "device"),
+        default="pil",
+        help="'pil': decode and resize with PIL in the workers (reference numbers); 'device': read the files in the "
+        "workers, decode JPEGs (nvJPEG on CUDA), resize and crop on --device (faster, not bit-identical)",
+    )
+    speed.add_argument(
         "--disp_interval", type=int, default=40, help="show the running AD/IC every N batches (0: never)"
     )
     ignored = parser.add_argument_group("reference flags, accepted and ignored (so its command lines run)")
@@ -189,7 +196,9 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         f"Evaluating {args.arch} from {metadata['path']} (epoch {metadata.get('epoch', '?')}) on {len(samples)} images "
         f"of {args.test_list}, percentages {', '.join(f'{p:g}' for p in percentages)}, device {device}, amp {args.amp}"
     )
-    loader = build_eval_loader(samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device)
+    loader = build_eval_loader(
+        samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device, args.decode
+    )
     explainer = LCAMExplainer(model)
     result = evaluate(
         explainer.classify,

@@ -505,3 +505,12 @@ def test_shell_script_runs_from_another_directory(trained, dataset, tmp_path):
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.count("Average Drop is:") == 3
     assert (tmp_path / "out" / "result.json").is_file()  # relative to the caller's directory
+
+
+def test_device_decode_path_scores_the_same_images(script_run, trained, dataset, tmp_path):
+    reference, _ = script_run
+    argv = _script_args(trained, dataset, tmp_path / "d.json", "--percentages", "0,0.5,0.85", "--decode", "device")
+    result = cli(argv, **Evaluation_L_CAM_ResNet50.DEFAULTS)
+    assert result.num_images == reference.num_images and result.num_unreadable == reference.num_unreadable
+    assert result.paths == reference.paths
+    assert (result.y - reference.y).abs().max() < 0.01  # within a grey level of the PIL pipeline

@@ -115,8 +115,10 @@ class DeviceDecoder:
         reasons = [""] * len(encoded)
         jpeg_positions = [position for position, is_jpeg in enumerate(jpeg) if is_jpeg]
         try:
-            batch = torchvision.io.decode_jpeg(
-                [encoded[p] for p in jpeg_positions], mode=ImageReadMode.RGB, device=device
+            batch = (
+                torchvision.io.decode_jpeg([encoded[p] for p in jpeg_positions], mode=ImageReadMode.RGB, device=device)
+                if jpeg_positions
+                else []
             )
             for position, image in zip(jpeg_positions, batch):
                 decoded[position] = image

@@ -31,13 +31,13 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models import ARCHS, build_model
 from models.lcam import LCAM
 from utils.checkpoint import FORMAT, find_newest_checkpoint, load_checkpoint
-from utils.data import Batch, ImageList, collate_skip_unreadable, eval_transform
+from utils.data import Batch, ImageList, build_loader, eval_transform
+from utils.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
 from utils.metrics import average_drop, increase_in_confidence, keep_top, minmax_normalize
 from utils.runtime import autocast
 
@@ -308,11 +308,8 @@ def evaluate(
     """
     percentages = parse_percentages(percentages)
     device = torch.device(device)
-    paths = (
-        [path for path, _ in loader.dataset.samples]
-        if isinstance(getattr(loader, "dataset", None), ImageList)
-        else None
-    )
+    samples = getattr(getattr(loader, "dataset", None), "samples", None)
+    paths = [path for path, _ in samples] if samples is not None else None
     total = len(loader.dataset) if hasattr(getattr(loader, "dataset", None), "__len__") else None
     columns: dict[str, list[torch.Tensor]] = {
         name: [] for name in ("indices", "labels", "predicted", "y", "o", "top1", "top5", "masked_top1", "masked_top5")
@@ -507,22 +504,22 @@ def build_eval_loader(
     batch_size: int = 64,
     num_workers: int = 0,
     device: torch.device | str = "cpu",
-) -> DataLoader:
-    """The evaluation DataLoader: reference eval transform (Resize, CenterCrop, ToTensor),
-    dataset order, unreadable images reported in each :class:`utils.data.Batch`, pinned
-    memory and persistent prefetching workers on CUDA."""
-    if batch_size < 1:
-        raise ValueError(f"'batch_size' must be >= 1, got {batch_size}")
-    on_cuda = torch.device(device).type == "cuda"
-    return DataLoader(
-        ImageList(samples, eval_transform(input_size, crop_size)),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_skip_unreadable,
-        pin_memory=on_cuda,
-        persistent_workers=num_workers > 0,
-        prefetch_factor=4 if num_workers > 0 else None,
+    decode: str = "pil",
+) -> Iterable[Batch]:
+    """The evaluation loader, in dataset order, yielding :class:`utils.data.Batch` with the
+    unreadable images reported: the reference eval transform (Resize, CenterCrop, ToTensor)
+    in the workers (``decode="pil"``), or JPEGs decoded, resized and cropped on ``device``
+    (``decode="device"``, :mod:`utils.device_decode`; not bit-identical to PIL)."""
+    device = torch.device(device)
+    if decode == "device":
+        loader = build_loader(
+            EncodedImageList(samples), batch_size, device, num_workers=num_workers, collate_fn=collate_encoded
+        )
+        return DecodingLoader(loader, DeviceDecoder(input_size, crop_size, train=False), device)
+    if decode != "pil":
+        raise ValueError(f"'decode' must be 'pil' or 'device', got {decode!r}")
+    return build_loader(
+        ImageList(samples, eval_transform(input_size, crop_size)), batch_size, device, num_workers=num_workers
     )
 
 
