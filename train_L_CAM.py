@@ -17,6 +17,7 @@ import torch
 
 from models import ARCHS, build_model
 from utils.checkpoint import find_newest_checkpoint
+from utils.cli import run_cli
 from utils.data import (
     ImageList,
     ResumableSampler,
@@ -29,7 +30,7 @@ from utils.data import (
 from utils.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
 from utils.optim import build_optimizer
 from utils.runtime import AMP_CHOICES, grad_scaler, init_distributed, seed_everything
-from utils.training import TrainOptions, TrainState, fit, resume_training, run_script
+from utils.training import TrainOptions, TrainState, fit, resume_training
 
 ROOT_DIR = os.path.dirname(os.path.abspath(__file__))
 REFERENCE_EPOCHS = {"VGG16": 8, "ResNet50": 26}
@@ -317,4 +318,4 @@ def _checkpoint_to_resume(args: argparse.Namespace) -> str | None:
 
 
 if __name__ == "__main__":
-    run_script(main, get_args_parser())
+    run_cli(main, get_args_parser(), interrupted_hint="; run it again with --resume True to continue")

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from models import ARCHS
+from utils.cli import run_cli
 from utils.data import samples_from
 from utils.evaluation import (
     EvaluationResult,
@@ -30,7 +30,7 @@ from utils.evaluation import (
 )
 from utils.runtime import AMP_CHOICES, resolve_device
 
-__all__ = ["REPO_ROOT", "HelpFormatter", "cli", "get_args_parser", "main", "run_main"]
+__all__ = ["REPO_ROOT", "HelpFormatter", "cli", "get_args_parser", "main"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -235,21 +235,10 @@ def _run_info(args: argparse.Namespace, metadata: dict[str, Any], device: torch.
     }
 
 
-def run_main(parser: argparse.ArgumentParser, main_function: Callable, argv: Sequence[str] | None = None):
-    """Parse ``argv`` and call ``main_function(args, parser)``; a bad input (a missing file,
-    a wrong value) ends the program with one ``error:`` line and exit status 2."""
-    args = parser.parse_args(argv)
-    try:
-        return main_function(args, parser)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 def cli(argv: Sequence[str] | None = None, **defaults: Any) -> EvaluationResult:
     """The evaluation command with the calling script's ``defaults`` (see
     :func:`get_args_parser`)."""
-    return run_main(get_args_parser(**defaults), main, argv)
+    return run_cli(main, get_args_parser(**defaults), argv)
 
 
 if __name__ == "__main__":

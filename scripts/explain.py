@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from models import ARCHS
 from models.lcam import LCAM
-from scripts.evaluate import REPO_ROOT, HelpFormatter, run_main
+from scripts.evaluate import REPO_ROOT, HelpFormatter
+from utils.cli import run_cli
 from utils.data import IMAGE_EXTENSIONS, ImageList, collate_skip_unreadable, eval_transform, read_datalist
 from utils.evaluation import load_lcam_model, normalize_and_upsample, resolve_checkpoint
 from utils.runtime import AMP_CHOICES, autocast, resolve_device
@@ -406,4 +407,4 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
 
 
 if __name__ == "__main__":
-    run_main(get_args_parser(), main)
+    run_cli(main, get_args_parser())

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from models.backbones import load_torchvision_classifier
 from models.lcam import IMAGENET_MEAN, IMAGENET_STD
+from utils.cli import run_cli
 from utils.data import (
     IMAGE_EXTENSIONS,
     ImageList,
@@ -36,7 +37,6 @@ from utils.data import (
     read_datalist,
 )
 from utils.runtime import AMP_CHOICES, autocast, resolve_device, seed_everything
-from utils.training import run_script
 
 __all__ = ["BACKBONES", "get_args_parser", "main", "make_train_list", "make_val_list", "read_ground_truth"]
 
@@ -296,4 +296,4 @@ def main(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    run_script(main, get_args_parser())
+    run_cli(main, get_args_parser(), interrupted_hint="; run it again to continue where it stopped")

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
-from scripts.evaluate import run_main
 from scripts.explain import class_names_for, collect_inputs, explain_images, get_args_parser, main
 from tests.toy_models import tiny_lcam
 from utils.checkpoint import make_checkpoint, save_checkpoint
+from utils.cli import run_cli
 
 CROP = 32
 
@@ -51,7 +51,7 @@ def test_command_on_a_folder_writes_overlays_grid_and_index(make_model, photos, 
         "--input", str(folder), "--topk", "2", "--grid", "4", "--output_dir", str(output),
         "--input_size", "40", "--crop_size", str(CROP), "--device", "cpu",
     ]  # fmt: skip
-    run = run_main(get_args_parser(), main, argv)
+    run = run_cli(main, get_args_parser(), argv)
     printed = capsys.readouterr().out
     assert len(run.explanations) == 3 and run.unreadable[0]["path"].endswith("broken.png")
     categories = torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"]

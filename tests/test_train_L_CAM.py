@@ -205,7 +205,7 @@ def test_shell_script_runs_and_fails_in_one_line(tmp_path):
     env = {**_subprocess_env(), "TRAIN_LIST": "missing.txt", "SNAPSHOT_DIR": str(tmp_path / "snap")}
     command = ["sh", os.path.join(REPO, "scripts", "ResNet50_train.sh"), "--backbone_weights", "none"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "train_L_CAM.py: error: datalist not found: 'missing.txt'"
     assert "Traceback" not in result.stderr
 

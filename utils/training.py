@@ -10,7 +10,6 @@ read back only every ``disp_interval`` steps, at checkpoints and at the end of a
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import json
@@ -48,7 +47,6 @@ __all__ = [
     "TrainState",
     "fit",
     "resume_training",
-    "run_script",
     "train_one_epoch",
 ]
 
@@ -63,7 +61,7 @@ _CSV_COLUMNS = {
 _CSV_SOURCE = {"loss": "loss", "losses_meanMask": "area", "losses_variationMask": "smoothness", "losses_ce": "ce"}
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped before saving anything from that step on."""
 
 
@@ -643,20 +641,3 @@ def _csv_value(column: str, entry: dict[str, Any]) -> str:
         return str(entry["epoch"])
     value = entry.get(_CSV_SOURCE.get(column, column), math.nan)
     return f"{value:.3f}" if column.startswith("pred@") else f"{value:.4f}"
-
-
-def run_script(
-    main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser, argv: list[str] | None = None
-) -> Any:
-    """Parse ``argv`` and run ``main``; a user error (bad value, missing file, non-finite
-    loss) ends the process with one line ``<prog>: error: <message>`` and exit status 1;
-    Ctrl-C with status 130 and a hint to resume."""
-    args = parser.parse_args(argv)
-    try:
-        return main(args)
-    except (ValueError, TypeError, FileNotFoundError, NonFiniteLossError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; run it again with --resume True to continue", file=sys.stderr)
-        raise SystemExit(130) from None
