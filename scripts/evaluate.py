@@ -120,6 +120,7 @@ def get_args_parser(
     speed.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     speed.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast the forward passes")
     speed.add_argument("--channels_last", action="store_true", help="channels_last memory format")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the passes (slow start, then faster)")
     speed.add_argument(
         "--decode",
         choices=("pil", "device"),
@@ -199,7 +200,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     loader = build_eval_loader(
         samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device, args.decode
     )
-    explainer = LCAMExplainer(model)
+    explainer = LCAMExplainer(model, compile=args.compile)
     result = evaluate(
         explainer.classify,
         explainer,
