@@ -22,6 +22,8 @@ from utils.baselines import (
 )
 from utils.metrics import minmax_normalize
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # much faster on a loaded CPU
+
 SIZE = 32
 FEATURE_SIZE = 8  # the tiny model's target layer at 32 px
 

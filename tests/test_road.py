@@ -10,6 +10,8 @@ import torch
 from utils.baselines import build_explainer
 from utils.road import evaluate_road, road_scores
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # much faster on a loaded CPU
+
 
 def test_road_scores_are_finite_probability_changes(images, tiny_classifier):
     classifier = tiny_classifier()

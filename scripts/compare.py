@@ -1,0 +1,434 @@
+"""Compare L-CAM checkpoints with Grad-CAM, Grad-CAM++, Score-CAM, RISE (and any method of
+:data:`utils.baselines.BASELINES`) under one protocol: AD/IC at 100/50/15 %, explanation
+throughput, a bar chart and a qualitative figure (a row per image, a column per method).
+
+    python -m scripts.compare --lcam VGG16_L_CAM_Img=snapshots/VGG16_L_CAM_Img \\
+        --methods gradcam,gradcampp,scorecam,rise --test_list datalist/ILSVRC/Evaluation_2000.txt \\
+        --img_dir dataset/ILSVRC2012_img_val --output_dir runs/compare
+
+Every method goes through :func:`utils.evaluation.evaluate`, the code path of
+``Evaluation_L_CAM_*.py`` (same explained class, normalisation, ``keep_top``, masking in
+[0, 1] space), so the numbers are comparable by construction. The baselines explain the
+classifier of the first ``--lcam`` checkpoint of each backbone (VGG-16, ResNet-50), or the
+torchvision classifier given by ``--classifier``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+import torchvision
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from models import ARCHS
+from models.backbones import load_torchvision_classifier
+from scripts.evaluate import HelpFormatter
+from utils.baselines import RISE_DEFAULT_MASKS, NormalizedClassifier, build_explainer
+from utils.data import check_images_exist, samples_from
+from utils.evaluation import (
+    LCAMExplainer,
+    build_eval_loader,
+    evaluate,
+    lcam_classifier,
+    load_lcam_model,
+    normalize_and_upsample,
+    parse_percentages,
+    write_result,
+)
+from utils.runtime import AMP_CHOICES, resolve_device, seed_everything
+from utils.visualize import overlay, save_table, to_pil
+
+__all__ = ["FAMILIES", "Entry", "TimedExplainer", "get_args_parser", "main"]
+
+FAMILIES = {
+    "vgg16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
+}
+DEFAULT_METHODS = "gradcam,gradcampp,scorecam,rise"
+
+
+class Entry(NamedTuple):
+    """One row of the comparison: a method explaining a classifier."""
+
+    name: str
+    family: str
+    classifier: Callable[[torch.Tensor], torch.Tensor]
+    explainer: Any
+    source: str
+
+
+class TimedExplainer:
+    """Wraps an explainer and measures the time spent explaining (waiting for the device),
+    forwarding ``predict_and_explain`` when the wrapped one has it."""
+
+    def __init__(self, explainer: Any, device: torch.device) -> None:
+        self.explainer = explainer
+        self.device = device
+        self.seconds = 0.0
+        self.images = 0
+        if hasattr(explainer, "predict_and_explain"):
+            self.predict_and_explain = self._timed(explainer.predict_and_explain)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _timed(self, function: Callable) -> Callable:
+        def timed(images: torch.Tensor, *args):
+            self._synchronize()
+            start = time.perf_counter()
+            result = function(images, *args)
+            self._synchronize()
+            self.seconds += time.perf_counter() - start
+            self.images += len(images)
+            return result
+
+        return timed
+
+    def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return self._timed(self.explainer.explain)(images, classes)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _family_of(arch: str) -> str:
+    return "vgg16" if arch.startswith("VGG16") else "resnet50"
+
+
+def _key_value(text: str, flag: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
+    key, separator, value = text.partition("=")
+    if not separator or not key or not value:
+        parser.error(f"{flag} expects KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="L-CAM against other explanation methods: AD/IC at 100/50/15 %, throughput, figures.",
+        add_help=add_help,
+        formatter_class=HelpFormatter,
+    )
+    what = parser.add_argument_group("what to compare")
+    what.add_argument(
+        "--lcam",
+        action="append",
+        default=[],
+        metavar="ARCH=PATH",
+        help=f"an L-CAM checkpoint (file or snapshot folder) of variant ARCH; repeatable. ARCH: {', '.join(ARCHS)}",
+    )
+    what.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        help="comma-separated baselines (utils.baselines.BASELINES, e.g. gradcam, gradcampp, scorecam, rise, "
+        "gradcam-pkg:XGradCAM); '' for none",
+    )
+    what.add_argument(
+        "--classifier",
+        action="append",
+        default=[],
+        metavar="FAMILY=WEIGHTS",
+        help="a torchvision classifier for the baselines (FAMILY: vgg16 or resnet50; WEIGHTS: a torchvision weights "
+        "name such as IMAGENET1K_V1, a state_dict path, or 'none' for random weights); replaces the backbone of the "
+        "--lcam checkpoints of that family for the baselines; repeatable",
+    )
+    what.add_argument("--num_classes", type=int, default=None, help="classes [the checkpoints'; 1000 for --classifier]")
+
+    data = parser.add_argument_group("data and protocol")
+    data.add_argument(
+        "--test_list", required=True, help="datalist ('<path> <label>' lines) or a folder of class folders"
+    )
+    data.add_argument("--img_dir", default="", help="directory the datalist's paths are relative to")
+    data.add_argument("--input_size", type=int, default=256, help="Resize of the smaller edge")
+    data.add_argument("--crop_size", type=int, default=224, help="CenterCrop")
+    data.add_argument("--percentages", default="0,0.5,0.85", help="fractions of pixels dropped (0 keeps 100 %%)")
+    data.add_argument("--limit", type=int, default=None, help="use only the first N images of the list")
+
+    methods = parser.add_argument_group("method settings")
+    methods.add_argument(
+        "--rise_masks",
+        type=int,
+        default=None,
+        help=f"RISE masks N [reference: {RISE_DEFAULT_MASKS['vgg16']} VGG-16, {RISE_DEFAULT_MASKS['resnet50']} ResNet-50]",
+    )
+    methods.add_argument(
+        "--rise_mask_dir", default=None, help="where RISE masks are cached and reused [OUTPUT_DIR/rise_masks]"
+    )
+    methods.add_argument("--seed", type=int, default=0, help="seed of the RISE masks and of ROAD's noise")
+    methods.add_argument("--chunk_size", type=int, default=128, help="masked images per forward (Score-CAM, RISE)")
+    methods.add_argument("--road", action="store_true", help="also ROAD (MoRF, LeRF, combined; slow: sparse solves)")
+    methods.add_argument("--road_limit", type=int, default=32, help="images used for ROAD")
+    methods.add_argument(
+        "--road_percentiles", default="10,20,30,40,50,60,70,80,90", help="ROAD's removal percentiles, averaged"
+    )
+
+    output = parser.add_argument_group("output and speed")
+    output.add_argument("--output_dir", default="runs/compare", help="tables, figures and per-method results")
+    output.add_argument("--figure_images", type=int, default=4, help="rows of the qualitative figure")
+    output.add_argument("--batch_size", type=int, default=16, help="images per batch")
+    output.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
+    output.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    output.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast the forward passes")
+    output.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[float, ...]:
+    try:
+        percentages = parse_percentages(args.percentages)
+    except ValueError as error:
+        parser.error(f"--percentages: {error}")
+    for name in ("batch_size", "input_size", "crop_size", "chunk_size", "figure_images", "road_limit"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    for name in ("limit", "rise_masks", "num_classes"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.crop_size > args.input_size:
+        parser.error(f"--crop_size {args.crop_size} is larger than --input_size {args.input_size}")
+    try:
+        args.road_percentile_list = [float(text) for text in args.road_percentiles.split(",") if text.strip()]
+    except ValueError:
+        parser.error(f"--road_percentiles must be comma-separated numbers in (0, 100), got {args.road_percentiles!r}")
+    if not args.road_percentile_list or not all(0 < value < 100 for value in args.road_percentile_list):
+        parser.error(f"--road_percentiles must be comma-separated numbers in (0, 100), got {args.road_percentiles!r}")
+    args.method_list = [method.strip() for method in args.methods.split(",") if method.strip()]
+    args.lcam_list = [_key_value(text, "--lcam", parser) for text in args.lcam]
+    for arch, _ in args.lcam_list:
+        if arch not in ARCHS:
+            parser.error(f"--lcam: unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+    args.classifier_list = [_key_value(text, "--classifier", parser) for text in args.classifier]
+    for family, _ in args.classifier_list:
+        if family not in FAMILIES:
+            parser.error(f"--classifier: unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    if not args.lcam_list and not args.method_list:
+        parser.error("nothing to compare: give --lcam and/or --methods")
+    if args.method_list and not args.lcam_list and not args.classifier_list:
+        parser.error("the baselines need a classifier: give --lcam ARCH=PATH or --classifier FAMILY=WEIGHTS")
+    return percentages
+
+
+def _build_entries(args: argparse.Namespace, device: torch.device) -> list[Entry]:
+    """The L-CAM rows, then every baseline on every classifier family."""
+    entries: list[Entry] = []
+    families: dict[str, tuple[NormalizedClassifier, str]] = {}
+    for arch, path in args.lcam_list:
+        model, metadata = load_lcam_model(arch, path, args.num_classes, device=device)
+        explainer = LCAMExplainer(model)
+        entries.append(Entry(arch, _family_of(arch), lcam_classifier(model), explainer, metadata["path"]))
+        families.setdefault(_family_of(arch), (NormalizedClassifier.from_lcam(model), f"backbone of {arch}"))
+    for family, weights in args.classifier_list:
+        builder, weights_enum = FAMILIES[family]
+        pretrained = False if weights == "none" else weights
+        network, weights_name = load_torchvision_classifier(builder, weights_enum, pretrained, args.num_classes or 1000)
+        for parameter in network.parameters():
+            parameter.requires_grad_(False)
+        classifier = NormalizedClassifier.from_torchvision(network).to(device).eval()
+        families[family] = (classifier, f"torchvision {family} ({weights_name})")
+    mask_dir = args.rise_mask_dir or os.path.join(args.output_dir, "rise_masks")
+    for family, (classifier, source) in families.items():
+        for method in args.method_list:
+            num_masks = args.rise_masks or RISE_DEFAULT_MASKS[family]
+            mask_name = f"rise_N{num_masks}_s7_p0.5_seed{args.seed}_{args.crop_size}px.pt"
+            explainer = build_explainer(
+                method,
+                classifier,
+                rise_masks=num_masks,
+                rise_mask_path=os.path.join(mask_dir, mask_name),
+                rise_seed=args.seed,
+                chunk_size=args.chunk_size,
+                batch_size=args.chunk_size,
+            )
+            entries.append(Entry(method, family, classifier, explainer, source))
+    return entries
+
+
+def _percent_label(percentage: float) -> str:
+    return f"{100 * (1 - percentage):g}%"
+
+
+def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tuple[list[str], list[list[Any]]]:
+    header = ["backbone", "method"]
+    for percentage in percentages:
+        header += [f"AD@{_percent_label(percentage)}", f"IC@{_percent_label(percentage)}"]
+    header += ["explain img/s", "eval img/s", "images", "device"]
+    road = any("road_combined" in result for result in results)
+    if road:
+        header += ["ROAD MoRF", "ROAD LeRF", "ROAD combined"]
+    rows = []
+    for result in results:
+        row = [result["family"], result["method"]]
+        for entry in result["summary"]:
+            row += [round(entry["average_drop"], 2), round(entry["increase_in_confidence"], 2)]
+        row += [round(result["explain_images_per_second"], 2), round(result["images_per_second"], 2)]
+        row += [result["num_images"], result["device"]]
+        if road:
+            row += [round(result.get(key, float("nan")), 4) for key in ("road_morf", "road_lerf", "road_combined")]
+        rows.append(row)
+    return header, rows
+
+
+def write_tables(results: list[dict[str, Any]], percentages: tuple[float, ...], output_dir: str) -> tuple[str, str]:
+    """``comparison.md`` (a markdown table) and ``comparison.csv``; returns their paths."""
+    header, rows = _rows(results, percentages)
+    markdown = os.path.join(output_dir, "comparison.md")
+    with open(markdown, "w", encoding="utf-8") as handle:
+        handle.write("| " + " | ".join(header) + " |\n")
+        handle.write("|" + "|".join("---" for _ in header) + "|\n")
+        for row in rows:
+            handle.write("| " + " | ".join(str(cell) for cell in row) + " |\n")
+        handle.write(
+            "\nAD: Average Drop (lower is better), IC: Increase in Confidence (higher is better), at the top "
+            "N % of each map's pixels kept. explain img/s: images explained per second (the explainer alone); "
+            "eval img/s: the whole protocol (plain and masked passes included).\n"
+        )
+    table = os.path.join(output_dir, "comparison.csv")
+    with open(table, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return markdown, table
+
+
+def save_bar_chart(results: list[dict[str, Any]], percentages: tuple[float, ...], path: str) -> str:
+    """AD and IC per method (bars) and percentage (groups), one panel each."""
+    figure = Figure(figsize=(min(16.0, 4.0 + 0.4 * len(results) * len(percentages)), 4.0), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    width = 0.8 / len(results)
+    for axis, key, title in zip(
+        axes, ("average_drop", "increase_in_confidence"), ("AD (lower is better)", "IC (higher is better)")
+    ):
+        for index, result in enumerate(results):
+            positions = [group + (index - (len(results) - 1) / 2) * width for group in range(len(percentages))]
+            values = [entry[key] for entry in result["summary"]]
+            axis.bar(positions, values, width, label=f"{result['method']} ({result['family']})")
+        axis.set_xticks(range(len(percentages)))
+        axis.set_xticklabels([f"top {_percent_label(percentage)}" for percentage in percentages])
+        axis.set_ylabel("%")
+        axis.set_title(title)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    figure.tight_layout()
+    figure.savefig(path, bbox_inches="tight")
+    return path
+
+
+def save_qualitative_figure(entries: list[Entry], loader, device: torch.device, num_images: int, path: str) -> str:
+    """A row per image (the first ``num_images`` readable ones), a column per method: the
+    map of the class each classifier predicts, as the evaluator scores it (min-max,
+    upsampled), overlaid on the image."""
+    images = []
+    for batch in loader:
+        if batch.images is not None:
+            images.append(batch.images)
+        if sum(len(chunk) for chunk in images) >= num_images:
+            break
+    images = torch.cat(images)[:num_images].to(device)
+    columns: list[list] = []
+    titles: list[list[str]] = []
+    for entry in entries:
+        with torch.inference_mode():
+            classes = entry.classifier(images).argmax(dim=1)
+        maps = entry.explainer.explain(images, classes.clone())
+        with torch.inference_mode():
+            maps = normalize_and_upsample(maps.detach(), images.shape[-2:]).cpu()
+        columns.append([overlay(image, saliency[0]) for image, saliency in zip(images.cpu(), maps)])
+        titles.append([f"class {int(k)}" for k in classes])
+    cells = [[to_pil(image)] + [column[row] for column in columns] for row, image in enumerate(images.cpu())]
+    cell_titles = [[""] + [column[row] for column in titles] for row in range(len(images))]
+    column_titles = ["image"] + [f"{entry.name}\n({entry.family})" for entry in entries]
+    return save_table(cells, path, column_titles=column_titles, cell_titles=cell_titles)
+
+
+def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> list[dict[str, Any]]:
+    """Run every comparison row; write the tables, the figures and per-method results under
+    ``--output_dir``; return the rows as dicts."""
+    parser = parser or get_args_parser()
+    percentages = _check_args(parser, args)
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    os.makedirs(args.output_dir, exist_ok=True)
+    entries = _build_entries(args, device)
+    num_classes = args.num_classes
+    samples = samples_from(args.test_list, args.img_dir, num_classes)
+    if args.limit is not None:
+        samples = samples[: args.limit]
+    check_images_exist(samples, args.test_list)
+    loader = build_eval_loader(samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    print(f"Comparing {len(entries)} methods on {len(samples)} images of {args.test_list} on {device_name}")
+    results = []
+    for entry in entries:
+        timed = TimedExplainer(entry.explainer, device)
+        result = evaluate(
+            entry.classifier,
+            timed,
+            loader,
+            percentages,
+            device=device,
+            amp=args.amp,
+            progress=not args.no_progress,
+            description=f"{entry.name} ({entry.family})",
+        )
+        row = {
+            "method": entry.name,
+            "family": entry.family,
+            "source": entry.source,
+            "summary": result.summary,
+            "num_images": result.num_images,
+            "num_unreadable": result.num_unreadable,
+            "explain_images_per_second": timed.images_per_second,
+            "images_per_second": result.images_per_second,
+            "device": device_name,
+        }
+        if args.road:
+            from utils.road import evaluate_road
+
+            row.update(
+                evaluate_road(
+                    entry.classifier,
+                    entry.explainer,
+                    loader,
+                    device,
+                    percentiles=args.road_percentile_list,
+                    limit=args.road_limit,
+                    seed=args.seed,
+                    progress=not args.no_progress,
+                )
+            )
+        safe_name = entry.name.replace(":", "_")
+        write_result(result, os.path.join(args.output_dir, "results", f"{entry.family}_{safe_name}.json"), run=row)
+        line = ", ".join(
+            f"AD {entry_['average_drop']:.2f} IC {entry_['increase_in_confidence']:.2f} @ top {_percent_label(entry_['percentage'])}"
+            for entry_ in result.summary
+        )
+        print(f"{entry.name} ({entry.family}): {line}; {timed.images_per_second:.2f} explained img/s")
+        results.append(row)
+    markdown, table = write_tables(results, percentages, args.output_dir)
+    chart = save_bar_chart(results, percentages, os.path.join(args.output_dir, "ad_ic.png"))
+    figure = save_qualitative_figure(
+        entries, loader, device, args.figure_images, os.path.join(args.output_dir, "qualitative.png")
+    )
+    run = {
+        key: value for key, value in vars(args).items() if isinstance(value, (str, int, float, bool, list, type(None)))
+    }
+    with open(os.path.join(args.output_dir, "comparison.json"), "w", encoding="utf-8") as handle:
+        json.dump({"run": run, "results": results}, handle, indent=1)
+    with open(markdown, encoding="utf-8") as handle:
+        print(handle.read())
+    print(f"wrote {markdown}, {table}, {chart}, {figure}")
+    return results
+
+
+if __name__ == "__main__":
+    parser = get_args_parser()
+    main(parser.parse_args(), parser)
