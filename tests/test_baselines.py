@@ -82,6 +82,9 @@ def test_gradcam_is_pytorch_grad_cam_and_equals_the_reference_formula(classifier
     upsampled = F.interpolate(maps, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     np.testing.assert_allclose(minmax_normalize(upsampled)[:, 0].numpy(), direct, atol=1e-5)
     assert np.abs(upsampled[:, 0].numpy() - direct).max() > 1e-2
+    # and layer_resolution=False returns the direct call's maps, bit for bit
+    as_called = build_explainer("gradcam", classifier, layer_resolution=False).explain(x, classes)
+    np.testing.assert_array_equal(as_called[:, 0].numpy(), direct)
 
 
 def test_gradcampp_follows_the_reference_formula_on_the_softmax(classifier, batch):

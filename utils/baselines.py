@@ -448,7 +448,7 @@ class PackageCAM:
 
     The package explains ``ClassifierOutputTarget(k)`` (the logit of k) at the wrapped
     classifier's target layer, ReLUs the map and min-max normalises it (dividing by
-    ``max + 1e-7``); we keep its h x w size. Hooks are removed and every submodule's
+    ``max + 1e-7``); by default we keep its h x w size. Hooks are removed and every submodule's
     train/eval mode restored after each call; autocast is disabled inside (the package
     computes in NumPy float32).
 
@@ -456,9 +456,14 @@ class PackageCAM:
         classifier: the wrapped classifier.
         method: a name of ``PACKAGE_METHODS``.
         batch_size: channels per forward pass for ScoreCAM and AblationCAM.
+        layer_resolution: ``True``: maps at the target layer's size, upsampled later by the
+            evaluator like every CAM; ``False``: exactly what the package returns when called
+            directly (input-sized with OpenCV, then min-max normalised again).
     """
 
-    def __init__(self, classifier: NormalizedClassifier, method: str, batch_size: int = 64) -> None:
+    def __init__(
+        self, classifier: NormalizedClassifier, method: str, batch_size: int = 64, layer_resolution: bool = True
+    ) -> None:
         if method not in PACKAGE_METHODS:
             raise ValueError(f"unknown pytorch-grad-cam method {method!r}; valid: {', '.join(PACKAGE_METHODS)}")
         import pytorch_grad_cam
@@ -466,7 +471,8 @@ class PackageCAM:
         self.classifier = classifier
         self.method = method
         self.batch_size = batch_size
-        self._cam_class = _native_resolution(getattr(pytorch_grad_cam, method))
+        package_class = getattr(pytorch_grad_cam, method)
+        self._cam_class = _native_resolution(package_class) if layer_resolution else package_class
 
     def _build(self):
         options = {}
@@ -499,15 +505,17 @@ class PackageCAM:
 
 
 def _package_factory(method: str) -> Callable[..., PackageCAM]:
-    def build(classifier: NormalizedClassifier, batch_size: int = 64, **_) -> PackageCAM:
-        return PackageCAM(classifier, method, batch_size=batch_size)
+    def build(classifier: NormalizedClassifier, batch_size: int = 64, layer_resolution: bool = True, **_) -> PackageCAM:
+        return PackageCAM(classifier, method, batch_size=batch_size, layer_resolution=layer_resolution)
 
     return build
 
 
 BASELINES: dict[str, Callable[..., object]] = {
     # Grad-CAM: pytorch-grad-cam gives the reference's maps (tests/test_baselines.py).
-    "gradcam": lambda classifier, **_: PackageCAM(classifier, "GradCAM"),
+    "gradcam": lambda classifier, layer_resolution=True, **_: PackageCAM(
+        classifier, "GradCAM", layer_resolution=layer_resolution
+    ),
     "gradcampp": lambda classifier, **_: GradCAMPlusPlus(classifier),
     "scorecam": lambda classifier, chunk_size=128, **_: ScoreCAM(classifier, chunk_size=chunk_size),
     "rise": lambda classifier, rise_masks=None, rise_mask_path=None, rise_seed=0, chunk_size=250, **_: RISE(
@@ -522,7 +530,8 @@ def build_explainer(name: str, classifier: NormalizedClassifier, **options):
 
     Options (ignored by methods that do not use them): ``rise_masks`` (N), ``rise_mask_path``,
     ``rise_seed``, ``chunk_size`` (Score-CAM/RISE images per forward), ``batch_size``
-    (pytorch-grad-cam's ScoreCAM/AblationCAM).
+    (pytorch-grad-cam's ScoreCAM/AblationCAM), ``layer_resolution`` (pytorch-grad-cam
+    methods, see :class:`PackageCAM`).
 
     Raises:
         ValueError: an unknown name (the message lists the valid ones).
