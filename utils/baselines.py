@@ -193,6 +193,15 @@ def _class_scores(outputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     return outputs.gather(1, classes.view(-1, 1)).squeeze(1)
 
 
+def _masked_probabilities(
+    classifier: NormalizedClassifier, normalized_image: torch.Tensor, masks: torch.Tensor, k: torch.Tensor
+) -> torch.Tensor:
+    """Softmax probability of class ``k`` (float32) for the normalised image (3 x H x W)
+    multiplied by each of ``masks`` (M x 1 x H x W): M values."""
+    logits = classifier.classifier(normalized_image * masks.to(normalized_image.dtype))
+    return F.softmax(logits.float(), dim=1)[:, k]
+
+
 def _relu_minmax(cams: torch.Tensor) -> torch.Tensor:
     """The reference's final step of every CAM method: ReLU, then min-max per image."""
     return minmax_normalize(F.relu(cams.float()))
@@ -279,14 +288,8 @@ class ScoreCAM:
         channel_masks = activations / span[:, :, None, None]
         cams = []
         for image, channel_mask, k in zip(normalized, channel_masks, classes):
-            weights = torch.cat(
-                [
-                    F.softmax(self.classifier.classifier(image * chunk.unsqueeze(1).to(image.dtype)).float(), dim=1)[
-                        :, k
-                    ]
-                    for chunk in channel_mask.split(self.chunk_size)
-                ]
-            )
+            chunks = channel_mask.unsqueeze(1).split(self.chunk_size)  # C x 1 x H x W masks
+            weights = torch.cat([_masked_probabilities(self.classifier, image, chunk, k) for chunk in chunks])
             cams.append((weights[:, None, None] * channel_mask).sum(dim=0, keepdim=True))
         return _relu_minmax(torch.stack(cams))
 
@@ -417,10 +420,7 @@ class RISE:
         for image, k in zip(normalized, classes):
             total = torch.zeros(flat_masks.size(1), device=images.device)
             for start in range(0, num_masks, self.chunk_size):
-                chunk = masks[start : start + self.chunk_size]
-                probabilities = F.softmax(self.classifier.classifier(image * chunk.to(image.dtype)).float(), dim=1)[
-                    :, k
-                ]
+                probabilities = _masked_probabilities(self.classifier, image, masks[start : start + self.chunk_size], k)
                 total += probabilities @ flat_masks[start : start + self.chunk_size]
             saliency.append(total / (num_masks * self.settings["keep_probability"]))
         saliency = torch.stack(saliency).view(images.size(0), 1, *images.shape[-2:])
