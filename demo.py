@@ -151,18 +151,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     training = parser.add_argument_group("training")
     training.add_argument("--width", type=int, default=8, help="DigitsCNN width w (stages w, 2w, 4w, 8w)")
     training.add_argument("--batch_size", type=int, default=64, help="classifier batch size")
-    training.add_argument("--classifier_epochs", type=int, default=8)
+    training.add_argument("--classifier_epochs", type=int, default=5)
     training.add_argument("--classifier_lr", type=float, default=3e-3, help="AdamW lr, cosine decay over the epochs")
-    training.add_argument("--head_epochs", type=int, default=8, help="epochs of each L-CAM head")
+    training.add_argument("--head_epochs", type=int, default=4, help="epochs of each L-CAM head")
     training.add_argument("--head_lr", type=float, default=1e-4, help="the reference --lr (AM weights train at 100x)")
-    training.add_argument("--head_batch_size", type=int, default=64, help="L-CAM head batch size")
+    training.add_argument(
+        "--head_init",
+        choices=("random", "classifier"),
+        default="classifier",
+        help="the AM's initial weights: random (as the reference), or the classifier's last linear layer "
+        "(the CAM of Zhou et al.: a warm start, possible because DigitsCNN ends in pooling + one linear layer)",
+    )
+    training.add_argument("--head_batch_size", type=int, default=32, help="L-CAM head batch size")
     training.add_argument("--head_train_images", type=int, default=2000, help="training images of the heads")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument(
         "--methods", default=",".join(ALL_METHODS), help=f"comma-separated, of {', '.join(ALL_METHODS)}"
     )
     evaluation.add_argument("--eval_images", type=int, default=500, help="held-out images evaluated (at most num_test)")
-    evaluation.add_argument("--rise_masks", type=int, default=1000, help="RISE masks per image")
+    evaluation.add_argument("--rise_masks", type=int, default=500, help="RISE masks per image")
     evaluation.add_argument("--rise_images", type=int, default=100, help="images RISE is evaluated on (the slowest)")
     evaluation.add_argument("--overlay_images", type=int, default=6, help="rows of overlays.png")
     return parser
@@ -253,6 +260,10 @@ def train_head(args, key: str, network: nn.Module, images, labels, device: torch
     model = GenericLCAM.build(
         backbone=network, num_classes=len(CLASS_NAMES), input_size=args.canvas_size, backbone_mode="frozen", **settings
     ).to(device)
+    if args.head_init == "classifier":  # CAM: class k's map is fc.weight[k] . FM(x, y) + fc.bias[k]
+        with torch.no_grad():
+            model.attnM.op.weight.copy_(network.fc.weight.view_as(model.attnM.op.weight))
+            model.attnM.op.bias.copy_(network.fc.bias)
     options = TrainOptions(
         device=device,
         disp_interval=10,
