@@ -353,7 +353,7 @@ def write_results(rows: list[dict], info: dict[str, Any], output_dir: str) -> st
 
 def save_metrics_figure(rows: list[dict], path: str) -> str:
     """Bar charts: AD and IC at 100/50/15 % kept, and the two localisation scores."""
-    figure = Figure(figsize=(13, 3.8), dpi=100)
+    figure = Figure(figsize=(15, 3.8), dpi=100)
     FigureCanvasAgg(figure)
     panels = figure.subplots(1, 3)
     names = [row["name"] for row in rows]
@@ -371,10 +371,19 @@ def save_metrics_figure(rows: list[dict], path: str) -> str:
         ]
         axis.set_xticks(range(len(columns)), [label.replace("_", " ") for label in labels])
         axis.set_title(title, fontsize=10)
-    panels[-1].legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
+    handles, labels = panels[0].get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=8, loc="center right")
+    figure.tight_layout(rect=(0, 0, 0.86, 1))
     figure.savefig(path)
     return path
+
+
+def _short_name(key: str) -> str:
+    """``lcam_img_own`` -> ``L-CAM-Img own``; baselines by their name."""
+    if key in LCAM_METHODS:
+        _, variant, maps = key.split("_")
+        return f"L-CAM-{variant.capitalize()} {maps}"
+    return BASELINE_METHODS[key]
 
 
 def save_overlays(test: DigitsSplit, keys: list[str], maps: dict[str, torch.Tensor], rows: int, path: str) -> str:
@@ -387,7 +396,7 @@ def save_overlays(test: DigitsSplit, keys: list[str], maps: dict[str, torch.Tens
             [0.0, 1.0, 0.0]
         ).view(3, 1)
         cells.append([to_pil(image)] + [overlay(test.images[index], maps[key][index, 0]) for key in keys])
-    titles = ["image, box"] + [LCAM_METHODS.get(key, (BASELINE_METHODS.get(key),))[0] for key in keys]
+    titles = ["image, box"] + [_short_name(key) for key in keys]
     return save_table(cells, path, column_titles=titles, cell_inches=1.6)
 
 
