@@ -162,6 +162,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="the AM's initial weights: random (as the reference), or the classifier's last linear layer "
         "(the CAM of Zhou et al.: a warm start, possible because DigitsCNN ends in pooling + one linear layer)",
     )
+    training.add_argument(
+        "--head_init_scale", type=float, default=1.0, help="factor on the weights copied by --head_init classifier"
+    )
     training.add_argument("--head_batch_size", type=int, default=32, help="L-CAM head batch size")
     training.add_argument("--head_train_images", type=int, default=2000, help="training images of the heads")
     evaluation = parser.add_argument_group("evaluation")
@@ -262,8 +265,9 @@ def train_head(args, key: str, network: nn.Module, images, labels, device: torch
     ).to(device)
     if args.head_init == "classifier":  # CAM: class k's map is fc.weight[k] . FM(x, y) + fc.bias[k]
         with torch.no_grad():
-            model.attnM.op.weight.copy_(network.fc.weight.view_as(model.attnM.op.weight))
-            model.attnM.op.bias.copy_(network.fc.bias)
+            scale = args.head_init_scale  # min-max normalised maps do not change; the sigmoid's slope does
+            model.attnM.op.weight.copy_(scale * network.fc.weight.view_as(model.attnM.op.weight))
+            model.attnM.op.bias.copy_(scale * network.fc.bias)
     options = TrainOptions(
         device=device,
         disp_interval=10,
