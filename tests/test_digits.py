@@ -10,7 +10,15 @@ import pytest
 from PIL import Image
 
 from utils.data import read_datalist
-from utils.digits import INK_THRESHOLD, SPLITS, make_digits_dataset, read_boxes, render_canvas, split_sources
+from utils.digits import (
+    INK_THRESHOLD,
+    SPLITS,
+    load_split,
+    make_digits_dataset,
+    read_boxes,
+    render_canvas,
+    split_sources,
+)
 
 
 def _digests(root: str) -> dict[str, str]:
@@ -82,3 +90,15 @@ def test_existing_dataset_is_reused_and_other_settings_refused(tmp_path):
         make_digits_dataset(tmp_path, seed=1, **options)
     with pytest.raises(ValueError, match="positive integers"):
         make_digits_dataset(tmp_path / "x", num_train=0)
+
+
+def test_load_split_reads_images_labels_and_boxes_in_list_order(tmp_path):
+    dataset = make_digits_dataset(tmp_path, num_train=6, num_val=2, num_test=3, progress=False)
+    split = load_split(dataset, "test", limit=2)
+    assert split.images.shape == (2, 3, 64, 64) and 0 <= split.images.min() and split.images.max() <= 1
+    samples = read_datalist(dataset.test_list, dataset.root)[:2]
+    assert split.paths == [path for path, _ in samples] and split.labels.tolist() == [label for _, label in samples]
+    boxes = read_boxes(dataset.boxes_file)
+    assert split.boxes.tolist() == [list(boxes[path]) for path in split.paths]
+    with pytest.raises(ValueError, match="'split' must be one of"):
+        load_split(dataset, "validation")

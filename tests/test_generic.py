@@ -65,6 +65,7 @@ def _one_step(model: GenericLCAM, images: torch.Tensor, labels: torch.Tensor) ->
 # One member of each family; (backbone, automatic layer, FM channels).
 FAMILIES = [
     ("resnet18", "layer4", 512),
+    ("vgg11", "features", 512),
     ("vgg11_bn", "features", 512),
     ("densenet121", "features", 1024),
     ("mobilenet_v3_small", "features", 576),
