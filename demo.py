@@ -183,7 +183,7 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> li
     if args.quick:
         defaults = get_args_parser(add_help=False).parse_args([])
         for key, value in QUICK.items():
-            if getattr(args, key) == getattr(defaults, key):  # flags given explicitly win
+            if getattr(args, key) == getattr(defaults, key):  # flags set to non-default values win
                 setattr(args, key, value)
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     unknown = [name for name in methods if name not in ALL_METHODS]
