@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from models import ARCHS, build_model
+from models import ARCH_CHOICES, GENERIC, build_model
 from utils.checkpoint import find_newest_checkpoint
 from utils.cli import run_cli
 from utils.data import (
@@ -33,7 +33,7 @@ from utils.runtime import AMP_CHOICES, grad_scaler, init_distributed, seed_every
 from utils.training import TrainOptions, TrainState, fit, resume_training
 
 ROOT_DIR = os.path.dirname(os.path.abspath(__file__))
-REFERENCE_EPOCHS = {"VGG16": 8, "ResNet50": 26}
+REFERENCE_EPOCHS = {"VGG16": 8, "ResNet50": 26, GENERIC: 8}
 
 
 def _true_false(text: str) -> str:
@@ -43,7 +43,9 @@ def _true_false(text: str) -> str:
 
 
 def backbone_family(arch: str) -> str:
-    """``"VGG16"`` or ``"ResNet50"``: the prefix of the reference arch names."""
+    """``"VGG16"`` or ``"ResNet50"``: the prefix of the reference arch names (or ``"generic"``)."""
+    if arch == GENERIC:
+        return GENERIC
     return "VGG16" if arch.startswith("VGG16") else "ResNet50"
 
 
@@ -89,7 +91,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     recipe = parser.add_argument_group("model and recipe (reference flags)")
     recipe.add_argument(
-        "--arch", default="VGG16_L_CAM_Fm", choices=ARCHS, metavar="ARCH", help=f"variant: {', '.join(ARCHS)}"
+        "--arch",
+        default="VGG16_L_CAM_Fm",
+        choices=ARCH_CHOICES,
+        metavar="ARCH",
+        help=f"variant: {', '.join(ARCH_CHOICES)} ('generic': any CNN, see the 'generic' flags)",
     )
     recipe.add_argument(
         "--num_classes", type=int, default=1000, help="classes of the classifier and the datalist labels"
@@ -116,6 +122,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--decay_points", default="none", help="ignored, as in the reference (lr x 0.75 per epoch 1..22)"
     )
     recipe.add_argument("--num_gpu", type=int, default=1, help="ignored; use torchrun --nproc_per_node N for N GPUs")
+
+    generic = parser.add_argument_group("--arch generic: L-CAM on any CNN (models/generic.py)")
+    generic.add_argument(
+        "--backbone",
+        default=None,
+        help="a torchvision classifier name (resnet18, densenet121, convnext_tiny, ...) or 'package.module:callable' "
+        "returning an nn.Module [resnet18]",
+    )
+    generic.add_argument(
+        "--layer", default=None, help="dotted name of the feature layer [the last convolutional stage]"
+    )
+    generic.add_argument(
+        "--apply_cam_to", choices=("image", "feature_maps"), default=None, help="L-CAM-Img or L-CAM-Fm [image]"
+    )
+    generic.add_argument("--loss", choices=("lcam", "ce"), default=None, help="L-CAM loss, or CE alone [lcam]")
 
     extra = parser.add_argument_group("project flags")
     extra.add_argument(
@@ -182,6 +203,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the defaults that depend on ``--root_dir`` and ``--arch``; check values."""
+    generic_flags = {
+        "backbone": args.backbone,
+        "layer": args.layer,
+        "apply_cam_to": args.apply_cam_to,
+        "loss": args.loss,
+    }
+    if args.arch != GENERIC and any(value is not None for value in generic_flags.values()):
+        given = ", ".join(f"--{name}" for name, value in generic_flags.items() if value is not None)
+        raise ValueError(f"{given} only apply to --arch {GENERIC}; {args.arch} fixes its backbone, layer and method")
+    if args.arch == GENERIC and args.train_list is None:
+        raise ValueError(f"--arch {GENERIC} needs --train_list (a datalist or a folder of class subfolders)")
     family = backbone_family(args.arch)
     datalists = os.path.join(args.root_dir, "datalist", "ILSVRC")
     if args.img_dir is None:
@@ -234,6 +266,14 @@ def main(args: argparse.Namespace) -> list[dict]:
     settings = {"mask_loss_maps": args.mask_loss_maps}
     if args.normalize_first_pass:
         settings["normalize_first_pass"] = True
+    if args.arch == GENERIC:
+        settings.update(
+            backbone=args.backbone or "resnet18",
+            layer=args.layer,
+            apply_cam_to=args.apply_cam_to or "image",
+            loss=args.loss or "lcam",
+            input_size=args.crop_size,
+        )
     pretrained = False if args.backbone_weights.lower() == "none" else args.backbone_weights
     model = build_model(args.arch, pretrained, args.num_classes, args.backbone_mode, **settings).to(device)
     if args.channels_last:

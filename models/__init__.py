@@ -6,7 +6,7 @@ import importlib
 
 from models.lcam import LCAM, LCAMLoss, LCAMOutput
 
-__all__ = ["ARCHS", "LCAM", "LCAMLoss", "LCAMOutput", "build_model"]
+__all__ = ["ARCHS", "ARCH_CHOICES", "GENERIC", "LCAM", "LCAMLoss", "LCAMOutput", "build_model"]
 
 ARCHS = (
     "VGG16_L_CAM_Fm",
@@ -20,6 +20,9 @@ ARCHS = (
     "ResNet50_L_CAM_ImgA",
 )
 
+GENERIC = "generic"  # L-CAM on any CNN (models/generic.py): settings backbone=..., layer=...
+ARCH_CHOICES = (*ARCHS, GENERIC)
+
 
 def build_model(
     arch: str, pretrained=True, num_classes: int = 1000, backbone_mode: str = "reference", **settings
@@ -29,10 +32,7 @@ def build_model(
     Raises:
         ValueError: ``arch`` is not a registered variant (the message lists them).
     """
-    if arch == "generic":  # any CNN: settings backbone=..., layer=..., input_size=... (models/generic.py)
-        module = importlib.import_module("models.generic")
-        return module.model(pretrained=pretrained, num_classes=num_classes, backbone_mode=backbone_mode, **settings)
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}, generic")
+    if arch not in ARCH_CHOICES:
+        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCH_CHOICES)}")
     module = importlib.import_module(f"models.{arch}")
     return module.model(pretrained=pretrained, num_classes=num_classes, backbone_mode=backbone_mode, **settings)

@@ -46,7 +46,7 @@ import importlib
 import inspect
 import os
 import re
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -315,6 +315,7 @@ class GenericLCAM(LCAM):
         self.cut_node = cut_name
         self.backbone_name = type(network).__name__
         self.backbone_weights = "unknown"
+        self.input_size = input_size
         self._prefix_graph = prefix
         self._suffix_graph = suffix
         self._clone_feature_maps = suffix is not None and _mutates_input(suffix, network)
@@ -350,6 +351,16 @@ class GenericLCAM(LCAM):
             lcam.backbone_name = backbone
         lcam.freeze_backbone()
         return lcam
+
+    def build_settings(self) -> dict[str, Any]:
+        """Also the backbone's name (a torchvision name or ``package.module:callable``), the
+        split layer and the probe size."""
+        return {
+            **super().build_settings(),
+            "backbone": self.backbone_name,
+            "layer": self.layer,
+            "input_size": self.input_size,
+        }
 
     def feature_maps(self, normalized_images: torch.Tensor) -> torch.Tensor:
         if self._prefix_graph is None:

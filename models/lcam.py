@@ -20,7 +20,7 @@ a variant is :func:`variant` with a few declarative arguments.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -282,6 +282,17 @@ class LCAM(nn.Module):
     def loss(self, out: LCAMOutput, labels: torch.Tensor) -> LCAMLoss:
         """The training objective of this variant for a training-path output."""
         return lcam_loss(out.logits, out.cams, labels, self.loss_name, self.mask_loss_maps)
+
+    def build_settings(self) -> dict[str, Any]:
+        """The keyword settings that rebuild this model with its family's ``build``
+        (stored in checkpoints)."""
+        return {
+            "apply_cam_to": self.apply_cam_to,
+            "loss": self.loss_name,
+            "backbone_mode": self.backbone_mode,
+            "mask_loss_maps": self.mask_loss_maps,
+            "normalize_first_pass": self.normalize_first_pass,
+        }
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What training changes: the AM's parameters and every buffer (BatchNorm statistics

@@ -28,7 +28,7 @@ import torchvision
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from models import ARCHS
+from models import ARCH_CHOICES
 from models.backbones import load_torchvision_classifier
 from scripts.evaluate import HelpFormatter
 from utils.baselines import RISE_DEFAULT_MASKS, NormalizedClassifier, build_explainer
@@ -124,7 +124,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ARCH=PATH",
-        help=f"an L-CAM checkpoint (file or snapshot folder) of variant ARCH; repeatable. ARCH: {', '.join(ARCHS)}",
+        help=f"an L-CAM checkpoint (file or snapshot folder) of variant ARCH; repeatable. ARCH: {', '.join(ARCH_CHOICES)}",
     )
     what.add_argument(
         "--methods",
@@ -204,8 +204,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     args.method_list = [method.strip() for method in args.methods.split(",") if method.strip()]
     args.lcam_list = [_key_value(text, "--lcam", parser) for text in args.lcam]
     for arch, _ in args.lcam_list:
-        if arch not in ARCHS:
-            parser.error(f"--lcam: unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+        if arch not in ARCH_CHOICES:
+            parser.error(f"--lcam: unknown arch {arch!r}; valid: {', '.join(ARCH_CHOICES)}")
     args.classifier_list = [_key_value(text, "--classifier", parser) for text in args.classifier]
     for family, _ in args.classifier_list:
         if family not in FAMILIES:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from models import ARCHS
+from models import ARCH_CHOICES
 from utils.cli import run_cli
 from utils.data import samples_from
 from utils.evaluation import (
@@ -92,7 +92,9 @@ def get_args_parser(
     )
 
     protocol = parser.add_argument_group("model and protocol")
-    protocol.add_argument("--arch", default=arch, choices=ARCHS, metavar="ARCH", help=f"variant: {', '.join(ARCHS)}")
+    protocol.add_argument(
+        "--arch", default=arch, choices=ARCH_CHOICES, metavar="ARCH", help=f"variant: {', '.join(ARCH_CHOICES)}"
+    )
     protocol.add_argument(
         "--num_classes", type=int, default=None, help="classes of the model [the checkpoint's; the reference: 1000]"
     )

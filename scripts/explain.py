@@ -19,7 +19,7 @@ import torchvision
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models import ARCHS
+from models import ARCH_CHOICES
 from models.lcam import LCAM
 from scripts.evaluate import REPO_ROOT, HelpFormatter
 from utils.cli import run_cli
@@ -329,7 +329,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--input", required=True, help="an image, a folder of images (recursive) or a datalist")
     parser.add_argument("--img_dir", default="", help="folder the datalist's image paths are relative to")
-    parser.add_argument("--arch", default="VGG16_L_CAM_Img", choices=ARCHS, metavar="ARCH", help=", ".join(ARCHS))
+    parser.add_argument(
+        "--arch", default="VGG16_L_CAM_Img", choices=ARCH_CHOICES, metavar="ARCH", help=", ".join(ARCH_CHOICES)
+    )
     parser.add_argument("--restore_from", default="", help="checkpoint file (or folder) [the newest in --snapshot_dir]")
     parser.add_argument("--snapshot_dir", default=None, help="training run folder [ROOT/snapshots/ARCH]")
     parser.add_argument("--root_dir", default=REPO_ROOT, help="project root for the default paths")

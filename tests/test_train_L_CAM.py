@@ -262,3 +262,36 @@ def test_device_decode_path_trains_and_resumes_exactly(jpeg_tree, tmp_path, one_
     first_epoch = _head(tmp_path / "resumed" / "lcam_epoch_0_glo_step_3.pth.tar")
     assert not torch.equal(pil["attnM.op.weight"], first_epoch["attnM.op.weight"])  # other crops: not equal
     torch.testing.assert_close(pil["attnM.op.weight"], first_epoch["attnM.op.weight"], rtol=0.05, atol=0.05)
+
+
+def test_generic_cnn_trains_and_restores_for_evaluation(jpeg_tree, tmp_path, one_thread):
+    import torchvision
+
+    from utils.evaluation import load_lcam_model
+
+    root, datalist, _ = jpeg_tree()
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=5).state_dict(), weights)
+    argv = ("--arch", "generic", "--backbone", "resnet18", "--epoch", "1", "--backbone_mode", "frozen")
+    args = _args(datalist, root, tmp_path / "snap", *argv)  # frozen: BatchNorm statistics stay torchvision's
+    args.backbone_weights = str(weights)
+    train_L_CAM.main(args)
+    checkpoint = tmp_path / "snap" / "lcam_epoch_0_glo_step_3.pth.tar"
+    settings = torch.load(checkpoint, weights_only=True)["settings"]
+    assert settings["backbone"] == "resnet18" and settings["layer"] == "layer4" and settings["apply_cam_to"] == "image"
+
+    model, metadata = load_lcam_model("generic", checkpoint)
+    assert metadata["arch"] == "generic" and model.layer == "layer4" and model.num_classes == 5
+    assert torch.equal(model.attnM.op.weight, _head(checkpoint)["attnM.op.weight"])
+    reference = torchvision.models.resnet18(weights=None, num_classes=5)
+    reference.load_state_dict(torch.load(weights, weights_only=True))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, reference.eval()(model.normalize(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_generic_flags_with_a_reference_arch_are_rejected(jpeg_tree, tmp_path):
+    root, datalist, _ = jpeg_tree(classes=2, per_class=1)
+    with pytest.raises(ValueError, match="--backbone, --layer only apply to --arch generic"):
+        train_L_CAM.main(_args(datalist, root, tmp_path / "s", "--backbone", "resnet18", "--layer", "layer3"))

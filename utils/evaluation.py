@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models import ARCHS, build_model
+from models import ARCH_CHOICES, GENERIC, build_model
 from models.lcam import LCAM
 from utils.checkpoint import FORMAT, find_newest_checkpoint, load_checkpoint
 from utils.data import Batch, ImageList, build_loader, eval_transform
@@ -610,8 +610,8 @@ def load_lcam_model(
         ValueError: a checkpoint of another arch (one line), of another number of classes,
             or not an L-CAM checkpoint.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown --arch {arch!r}; valid: {', '.join(ARCHS)}")
+    if arch not in ARCH_CHOICES:
+        raise ValueError(f"unknown --arch {arch!r}; valid: {', '.join(ARCH_CHOICES)}")
     path = os.fspath(checkpoint)
     if os.path.isdir(path):
         path = resolve_checkpoint(path, None)
@@ -621,17 +621,19 @@ def load_lcam_model(
     if not isinstance(header, dict):
         raise ValueError(f"{path}: not a checkpoint (a {type(header).__name__}, expected a dict)")
     recorded_arch = header.get("arch")
-    if recorded_arch in ARCHS and recorded_arch != arch:
+    if recorded_arch in ARCH_CHOICES and recorded_arch != arch:
         raise ValueError(f"{path}: checkpoint of arch {recorded_arch!r}, but --arch is {arch!r}")
     settings: dict[str, Any] = {}
     if header.get("format") == FORMAT:
         stored_classes = int(header["num_classes"])
         full = header.get("contents") == "full"
         stored = header.get("settings") or {}
-        settings = {
-            key: stored[key] for key in ("mask_loss_maps", "normalize_first_pass", "backbone_mode") if key in stored
-        }
+        # a reference variant's other settings are its identity; a generic model needs them all
+        keys = stored if arch == GENERIC else ("mask_loss_maps", "normalize_first_pass", "backbone_mode")
+        settings = {key: stored[key] for key in keys if key in stored}
         recorded_weights = header.get("backbone_weights", "unknown")
+    elif arch == GENERIC:
+        raise ValueError(f"{path}: a generic L-CAM model is restored from the project's checkpoints only")
     else:
         state_dict = header.get("state_dict", header)
         weight = next((value for key, value in state_dict.items() if key.endswith("attnM.op.weight")), None)
