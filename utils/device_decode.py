@@ -12,6 +12,7 @@ default PIL path; use this one for speed.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -23,10 +24,6 @@ from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as TF
 
 from utils.data import Batch, Sample
-
-# torchvision 0.29 deprecates torchvision.io's decoders in favour of TorchCodec; they still
-# work and are the only nvJPEG path that ships with torchvision.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
 
 __all__ = ["DecodingLoader", "DeviceDecoder", "EncodedBatch", "EncodedImageList", "collate_encoded"]
 
@@ -49,7 +46,8 @@ class EncodedImageList(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
-            data = torchvision.io.read_file(path)
+            with _torchvision_io():
+                data = torchvision.io.read_file(path)
         except Exception as error:
             return None, label, index, f"{error.__class__.__name__}: {error}", seed
         return data, label, index, None, seed
@@ -110,6 +108,11 @@ class DeviceDecoder:
     def _decode(encoded: list[torch.Tensor], device: torch.device):
         """Decode all at once (nvJPEG batches on CUDA); on an error, one by one to find the
         bad files. Non-JPEG files are decoded on the CPU."""
+        with _torchvision_io():
+            return DeviceDecoder._decode_all(encoded, device)
+
+    @staticmethod
+    def _decode_all(encoded: list[torch.Tensor], device: torch.device):
         jpeg = [data.numel() > 2 and data[0] == 0xFF and data[1] == 0xD8 for data in encoded]
         decoded: list[torch.Tensor | None] = [None] * len(encoded)
         reasons = [""] * len(encoded)
@@ -144,6 +147,18 @@ class DeviceDecoder:
             left = int(round((width - self.crop_size) / 2.0))
             image = image[..., top : top + self.crop_size, left : left + self.crop_size]
         return image.float().div_(255.0)
+
+
+@contextlib.contextmanager
+def _torchvision_io():
+    """torchvision 0.29 deprecates ``torchvision.io``'s decoders in favour of TorchCodec; they
+    still work and are the nvJPEG path that ships with torchvision, so its warning is muted
+    here (only around these calls)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning
+        )
+        yield
 
 
 def _decode_one(data: torch.Tensor, device: torch.device, jpeg: bool) -> tuple[torch.Tensor | None, str]:
