@@ -107,10 +107,12 @@ class VGG16LCAM(LCAM):
         if feature_end not in (VGG16_CONV5_3, VGG16_POOL5):
             raise ValueError(f"'feature_end' must be {VGG16_CONV5_3} or {VGG16_POOL5}, got {feature_end!r}")
         super().__init__(in_channels=512, num_classes=vgg.classifier[-1].out_features, **settings)
-        self.features = vgg.features[:feature_end]
-        self.pool5 = nn.MaxPool2d(kernel_size=2, stride=2) if feature_end == VGG16_CONV5_3 else nn.Identity()
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-        self.classifier = vgg.classifier
+        self.add_backbone_modules(
+            features=vgg.features[:feature_end],
+            pool5=nn.MaxPool2d(kernel_size=2, stride=2) if feature_end == VGG16_CONV5_3 else nn.Identity(),
+            avgpool=nn.AdaptiveAvgPool2d((7, 7)),
+            classifier=vgg.classifier,
+        )
 
     @classmethod
     def build(cls, arch: str, pretrained=True, num_classes: int = 1000, feature_end: int = VGG16_CONV5_3, **settings):
@@ -137,8 +139,8 @@ class ResNet50LCAM(LCAM):
 
     def __init__(self, resnet: torchvision.models.ResNet, **settings) -> None:
         super().__init__(in_channels=resnet.fc.in_features, num_classes=resnet.fc.out_features, **settings)
-        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"):
-            self.add_module(name, getattr(resnet, name))
+        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
+        self.add_backbone_modules(**{name: getattr(resnet, name) for name in names})
 
     @classmethod
     def build(cls, arch: str, pretrained=True, num_classes: int = 1000, **settings):

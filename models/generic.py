@@ -310,7 +310,7 @@ class GenericLCAM(LCAM):
             prefix, suffix, cut_name = _split_graph(network, chosen_layer, extend=layer is None)
         in_channels, num_classes = _probe(network, prefix, suffix, input_size, chosen_layer)
         super().__init__(in_channels=in_channels, num_classes=num_classes, **settings)
-        self.network = network
+        self.add_backbone_modules(network=network)
         self.layer = chosen_layer
         self.cut_node = cut_name
         self.backbone_name = type(network).__name__

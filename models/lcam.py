@@ -232,6 +232,15 @@ class LCAM(nn.Module):
         return self.classify_feature_maps(self.feature_maps(normalized_images))
 
     # -- the shared core -------------------------------------------------------------------
+    def add_backbone_modules(self, **modules: nn.Module) -> None:
+        """Register the classifier's modules as children, before ``attnM``: parameters and
+        state-dict keys then come in the reference's order (backbone first), so the
+        authors' optimizer states line up with :func:`utils.optim.build_optimizer`'s."""
+        attention = self._modules.pop("attnM")
+        for name, module in modules.items():
+            self.add_module(name, module)
+        self._modules["attnM"] = attention
+
     def freeze_backbone(self) -> None:
         """Stop gradients to every parameter but the attention mechanism's."""
         for name, parameter in self.named_parameters():

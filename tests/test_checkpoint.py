@@ -24,7 +24,8 @@ from utils.optim import build_optimizer
 
 
 def _reference_snapshot(model, epoch=3, step=120):
-    """What the reference training saves: the whole model plus its four-group optimizer."""
+    """What the reference training saves: the whole model plus its four-group optimizer
+    (every parameter, backbone first, in named_parameters order), after one step of the head."""
     optimizer = torch.optim.SGD(
         [
             {"params": [], "lr": 1e-4},
@@ -36,6 +37,10 @@ def _reference_snapshot(model, epoch=3, step=120):
         weight_decay=5e-4,
         nesterov=True,
     )
+    head = model.attnM.op
+    (head.weight.square().sum() + head.bias.sum()).backward()
+    optimizer.step()
+    optimizer.zero_grad()
     return {
         "epoch": epoch,
         "arch": "resnet",
@@ -60,8 +65,12 @@ def test_reference_snapshot_loads_into_a_fresh_model(trained_resnet, make_model,
     torch.save(_reference_snapshot(trained_resnet), path)
     fresh = copy.deepcopy(make_model("ResNet50_L_CAM_Fm", num_classes=5, seed=1))
     optimizer = build_optimizer(fresh, 1e-4)
+    metadata = load_checkpoint(path, fresh, optimizer)  # the reference's optimizer layout: momentum restored
+    assert optimizer.state[fresh.attnM.op.weight]["momentum_buffer"].shape == (5, 2048, 1, 1)
+    assert len(optimizer.state) == 2  # only the head ever stepped
+    other = build_optimizer(torch.nn.Linear(2, 2), 1e-4)
     with pytest.warns(UserWarning, match="optimizer state of another layout"):
-        metadata = load_checkpoint(path, fresh, optimizer)
+        load_checkpoint(path, fresh, other)
     assert metadata["epoch"] == 3 and metadata["global_counter"] == 120 and metadata["path"] == str(path)
     for key, value in trained_resnet.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
@@ -104,8 +113,8 @@ def test_project_head_checkpoint_round_trip_with_optimizer_and_rng(trained_resne
         assert torch.equal(fresh.state_dict()[key], value), key
     assert fresh_optimizer.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
     torch.testing.assert_close(
-        fresh_optimizer.state_dict()["state"][0]["momentum_buffer"],
-        optimizer.state_dict()["state"][0]["momentum_buffer"],
+        fresh_optimizer.state[fresh.attnM.op.weight]["momentum_buffer"],
+        optimizer.state[trained_resnet.attnM.op.weight]["momentum_buffer"],
     )
 
     draws = (random.random(), np.random.rand(), torch.rand(1))

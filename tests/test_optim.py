@@ -14,8 +14,13 @@ from utils.optim import adjust_lr, build_optimizer, lr_at_epoch
 def test_groups_learning_rates_and_hyperparameters(make_model):
     model = make_model("ResNet50_L_CAM_Fm", num_classes=4)
     optimizer = build_optimizer(model, lr=1e-4)
-    weights, biases = optimizer.param_groups
-    assert weights["params"] == [model.attnM.op.weight] and biases["params"] == [model.attnM.op.bias]
+    unused_weights, unused_biases, weights, biases = optimizer.param_groups  # the reference's four groups
+    assert unused_weights["params"] == [] and unused_biases["params"] == []
+    assert unused_weights["lr"] == pytest.approx(1e-4) and unused_biases["lr"] == pytest.approx(2e-4)
+    named = dict(model.named_parameters())
+    assert weights["params"] == [p for n, p in named.items() if n.endswith("weight")]
+    assert biases["params"] == [p for n, p in named.items() if n.endswith("bias")]
+    assert weights["params"][-1] is model.attnM.op.weight and biases["params"][-1] is model.attnM.op.bias
     assert weights["lr"] == pytest.approx(0.01) and biases["lr"] == pytest.approx(0.02)
     for group in optimizer.param_groups:
         assert group["momentum"] == 0.9 and group["nesterov"] and group["weight_decay"] == 5e-4
@@ -26,10 +31,11 @@ def test_schedule_over_epochs_0_to_3_and_after_22(make_model):
     expected = {0: 0.01, 1: 0.0075, 2: 0.005625, 3: 0.00421875}
     for epoch, lr in expected.items():
         adjust_lr(optimizer, epoch)
-        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr)
-        assert optimizer.param_groups[1]["lr"] == pytest.approx(2 * lr)
+        assert optimizer.param_groups[2]["lr"] == pytest.approx(lr)
+        assert optimizer.param_groups[3]["lr"] == pytest.approx(2 * lr)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr / 100)
     adjust_lr(optimizer, 3)  # calling twice (or after a resume) does not decay twice
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.00421875)
+    assert optimizer.param_groups[2]["lr"] == pytest.approx(0.00421875)
     assert lr_at_epoch(1.0, 22) == lr_at_epoch(1.0, 25) == pytest.approx(0.75**22)
 
 

@@ -35,7 +35,7 @@ from utils.checkpoint import (
     set_rng_state,
 )
 from utils.data import Batch, describe_unreadable
-from utils.optim import adjust_lr
+from utils.optim import adjust_lr, trainable_lrs
 from utils.runtime import DistributedContext, autocast
 
 __all__ = [
@@ -337,7 +337,7 @@ def _show_progress(
             postfix[name] = f"{(current[name] - previous.get(name, 0.0)) / count:.4f}"
     images, steps, since = window
     seconds = max(time.perf_counter() - since, 1e-9)
-    postfix["lr"] = f"{optimizer.param_groups[0]['lr']:.3g}"
+    postfix["lr"] = f"{trainable_lrs(optimizer)[0]:.3g}"
     postfix["img/s"] = f"{images / seconds:.1f}"
     postfix["run_eta"] = str(datetime.timedelta(seconds=int(remaining_steps * seconds / max(steps, 1))))
     bar.set_postfix(postfix, refresh=False)
@@ -545,7 +545,7 @@ def fit(
             "epoch": epoch,
             "global_counter": counter,
             **meter.summary(),
-            "lr": [group["lr"] for group in optimizer.param_groups],
+            "lr": trainable_lrs(optimizer),
             "seconds": round(seconds, 3),
         }
         summary["images_per_s"] = round(summary.get("images", 0) / max(seconds, 1e-9), 2)
