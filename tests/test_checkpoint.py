@@ -20,7 +20,7 @@ from utils.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from utils.optim import build_optimizer
+from utils.optim import adjust_lr, build_optimizer
 
 
 def _reference_snapshot(model, epoch=3, step=120):
@@ -37,6 +37,8 @@ def _reference_snapshot(model, epoch=3, step=120):
         weight_decay=5e-4,
         nesterov=True,
     )
+    for group in optimizer.param_groups:  # the reference decays the lrs in place: x 0.75 at epochs 1..3
+        group["lr"] *= 0.75**epoch
     head = model.attnM.op
     (head.weight.square().sum() + head.bias.sum()).backward()
     optimizer.step()
@@ -68,6 +70,10 @@ def test_reference_snapshot_loads_into_a_fresh_model(trained_resnet, make_model,
     metadata = load_checkpoint(path, fresh, optimizer)  # the reference's optimizer layout: momentum restored
     assert optimizer.state[fresh.attnM.op.weight]["momentum_buffer"].shape == (5, 2048, 1, 1)
     assert len(optimizer.state) == 2  # only the head ever stepped
+    adjust_lr(optimizer, 3)  # the schedule still starts from this run's base lr
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx(
+        [1e-4 * 0.75**3 * f for f in (1, 2, 100, 200)]
+    )
     other = build_optimizer(torch.nn.Linear(2, 2), 1e-4)
     with pytest.warns(UserWarning, match="optimizer state of another layout"):
         load_checkpoint(path, fresh, other)

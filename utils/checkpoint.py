@@ -204,15 +204,18 @@ def _load_optimizer(path: str, optimizer: torch.optim.Optimizer, state: dict[str
     ours = [len(group["params"]) for group in optimizer.param_groups]
     theirs = [len(group["params"]) for group in groups]
     if ours != theirs:
-        # The reference's optimizer holds every parameter in four groups; ours only the
-        # trainable ones. Its momentum buffers can't be matched, so they are not restored
-        # (the reference itself resumes with including_opt=False).
         warnings.warn(
             f"{path}: optimizer state of another layout ({theirs} vs {ours} parameters per group) not restored",
             stacklevel=3,
         )
         return
+    initial_lrs = [group.get("initial_lr") for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
+    for group, initial_lr in zip(optimizer.param_groups, initial_lrs):
+        # The authors' optimizer states hold the decayed lr but no initial one: keep ours,
+        # so utils.optim.adjust_lr goes on from the right base.
+        if "initial_lr" not in group and initial_lr is not None:
+            group["initial_lr"] = initial_lr
 
 
 def get_rng_state() -> dict[str, Any]:
