@@ -61,16 +61,29 @@ def test_bad_settings_are_rejected(name, value):
         build_model("ResNet50_L_CAM_Fm", pretrained=False, num_classes=3, **{name: value})
 
 
+def _torchvision_copy(builder, model):
+    """A torchvision classifier holding ``model``'s backbone weights, and a separate 1x1
+    convolution holding its attention weights, both in eval mode."""
+    with torch.device("meta"):
+        network = builder(weights=None, num_classes=model.num_classes)
+    backbone_state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("attnM")}
+    network.load_state_dict(backbone_state, assign=True)
+    conv = torch.nn.Conv2d(model.attnM.op.in_channels, model.num_classes, 1)
+    conv.load_state_dict({"weight": model.attnM.op.weight, "bias": model.attnM.op.bias})
+    return network.eval(), conv
+
+
+def _own_upsampled(c, labels, size):
+    """sigmoid(c) of each image's label, N x 1 x h x w, and its bilinear upsampling to ``size``."""
+    a = torch.sigmoid(c)
+    own = torch.stack([a[i, label] for i, label in enumerate(labels)]).unsqueeze(1)
+    return own, F.interpolate(own, size=size, mode="bilinear", align_corners=False)
+
+
 def _vgg_reference_forward(model, x, labels, feature_end, apply_to):
     """The reference VGG-16 forward written out from SPEC section 1, on a torchvision
     VGG-16 holding the same weights."""
-    with torch.device("meta"):
-        vgg = torchvision.models.vgg16(weights=None, num_classes=model.num_classes)
-    backbone_state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("attnM")}
-    vgg.load_state_dict(backbone_state, assign=True)
-    vgg.eval()
-    conv = torch.nn.Conv2d(512, model.num_classes, 1)
-    conv.load_state_dict({"weight": model.attnM.op.weight, "bias": model.attnM.op.bias})
+    vgg, conv = _torchvision_copy(torchvision.models.vgg16, model)
     features = vgg.features[:feature_end]
 
     def head(fm):
@@ -82,33 +95,23 @@ def _vgg_reference_forward(model, x, labels, feature_end, apply_to):
     c = conv(fm)
     if labels is None:
         return head(fm), c
-    a = torch.sigmoid(c)
-    own = torch.stack([a[i, label] for i, label in enumerate(labels)]).unsqueeze(1)
+    own, up = _own_upsampled(c, labels, x.shape[-2:])
     if apply_to == "feature_maps":
         return head(fm * own), c
-    up = F.interpolate(own, size=x.shape[-2:], mode="bilinear", align_corners=False)
     return head(features(_normalize(x * up))), c
 
 
 def _resnet_reference_forward(model, x, labels, apply_to, normalize_first=True):
-    with torch.device("meta"):
-        resnet = torchvision.models.resnet50(weights=None, num_classes=model.num_classes)
-    backbone_state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("attnM")}
-    resnet.load_state_dict(backbone_state, assign=True)
-    resnet.eval()
-    conv = torch.nn.Conv2d(2048, model.num_classes, 1)
-    conv.load_state_dict({"weight": model.attnM.op.weight, "bias": model.attnM.op.bias})
+    resnet, conv = _torchvision_copy(torchvision.models.resnet50, model)
     trunk = torch.nn.Sequential(*list(resnet.children())[:-2])
 
     fm = trunk(_normalize(x) if normalize_first else x)
     c = conv(fm)
     if labels is None:
         return resnet(_normalize(x)), c
-    a = torch.sigmoid(c)
-    own = torch.stack([a[i, label] for i, label in enumerate(labels)]).unsqueeze(1)
+    own, up = _own_upsampled(c, labels, x.shape[-2:])
     if apply_to == "feature_maps":
         return resnet.fc(torch.flatten(F.adaptive_avg_pool2d(fm * own, 1), 1)), c
-    up = F.interpolate(own, size=x.shape[-2:], mode="bilinear", align_corners=False)
     return resnet(_normalize(x * up)), c
 
 

@@ -108,21 +108,19 @@ class DeviceDecoder:
     def _decode(encoded: list[torch.Tensor], device: torch.device):
         """Decode all at once (nvJPEG batches on CUDA); on an error, one by one to find the
         bad files. Non-JPEG files are decoded on the CPU."""
-        with _torchvision_io():
-            return DeviceDecoder._decode_all(encoded, device)
-
-    @staticmethod
-    def _decode_all(encoded: list[torch.Tensor], device: torch.device):
         jpeg = [data.numel() > 2 and data[0] == 0xFF and data[1] == 0xD8 for data in encoded]
         decoded: list[torch.Tensor | None] = [None] * len(encoded)
         reasons = [""] * len(encoded)
         jpeg_positions = [position for position, is_jpeg in enumerate(jpeg) if is_jpeg]
         try:
-            batch = (
-                torchvision.io.decode_jpeg([encoded[p] for p in jpeg_positions], mode=ImageReadMode.RGB, device=device)
-                if jpeg_positions
-                else []
-            )
+            with _torchvision_io():
+                batch = (
+                    torchvision.io.decode_jpeg(
+                        [encoded[p] for p in jpeg_positions], mode=ImageReadMode.RGB, device=device
+                    )
+                    if jpeg_positions
+                    else []
+                )
             for position, image in zip(jpeg_positions, batch):
                 decoded[position] = image
         except RuntimeError:
@@ -163,9 +161,10 @@ def _torchvision_io():
 
 def _decode_one(data: torch.Tensor, device: torch.device, jpeg: bool) -> tuple[torch.Tensor | None, str]:
     try:
-        if jpeg:
-            return torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=device), ""
-        return torchvision.io.decode_image(data, mode=ImageReadMode.RGB).to(device), ""
+        with _torchvision_io():
+            if jpeg:
+                return torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=device), ""
+            return torchvision.io.decode_image(data, mode=ImageReadMode.RGB).to(device), ""
     except RuntimeError as error:
         return None, f"RuntimeError: {str(error).splitlines()[0]}"
 

@@ -29,7 +29,7 @@ __all__ = [
 
 
 def _as_float64(values, name: str) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(values.detach().cpu() if torch.is_tensor(values) else values))
+    tensor = values.detach().cpu() if torch.is_tensor(values) else torch.as_tensor(np.asarray(values, dtype=np.float64))
     if tensor.dim() != 1:
         raise ValueError(f"{name!r} must be one-dimensional, got shape {tuple(tensor.shape)}")
     return tensor.to(torch.float64)
