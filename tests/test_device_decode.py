@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from utils.data import ImageList, eval_transform
 from utils.device_decode import DeviceDecoder, EncodedImageList, collate_encoded
@@ -44,8 +45,28 @@ def test_bad_and_missing_files_are_reported_and_dropped(image_files, tmp_path):
     dataset = EncodedImageList(samples)
     batch = DeviceDecoder(48, 40)(collate_encoded([dataset[i] for i in range(len(dataset))]), torch.device("cpu"))
     assert batch.images.shape[0] == 2 and batch.indices.tolist() == [0, 1] and batch.labels.tolist() == [0, 1]
-    assert sorted(index for index, _ in batch.failed) == [2, 3]
-    assert all(reason.startswith("RuntimeError") for _, reason in batch.failed)
+    reasons = dict(batch.failed)
+    assert sorted(reasons) == [2, 3]
+    assert reasons[2].startswith("RuntimeError")  # not a decodable JPEG
+    assert reasons[3].startswith("FileNotFoundError") and "missing.jpg" in reasons[3]
+
+
+def test_worker_processes_deliver_each_batch_as_one_buffer(image_files):
+    # The bytes cross from the worker in one shared buffer per batch (a tensor per file
+    # once made the workers' queue fail and the loader wait forever: hence the timeout).
+    dataset = EncodedImageList(image_files)
+    loader = DataLoader(
+        dataset, batch_size=3, num_workers=1, collate_fn=collate_encoded, timeout=60, persistent_workers=True
+    )
+    for _ in range(2):  # the persistent worker serves a second epoch too
+        batches = list(loader)
+        assert [len(batch.sizes) for batch in batches] == [3, 1]
+        first = batches[0]
+        assert first.data.numel() == int(first.sizes.sum())
+        with open(image_files[1][0], "rb") as handle:
+            assert bytes(first.encoded[1].numpy()) == handle.read()
+        decoded = DeviceDecoder(48, 40)(first, torch.device("cpu"))
+        assert decoded.images.shape == (3, 3, 40, 40) and decoded.labels.tolist() == [0, 1, 2]
 
 
 def test_train_mode_is_seeded_per_image(image_files):

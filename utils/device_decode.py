@@ -46,32 +46,44 @@ class EncodedImageList(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
-            with _torchvision_io():
-                data = torchvision.io.read_file(path)
-        except Exception as error:
+            with open(path, "rb") as handle:
+                data = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
+        except OSError as error:
             return None, label, index, f"{error.__class__.__name__}: {error}", seed
         return data, label, index, None, seed
 
 
 class EncodedBatch(NamedTuple):
-    """Collated :class:`EncodedImageList` items: the readable files' bytes, labels, dataset
-    indices and augmentation seeds (or None), and ``(index, reason)`` of the unreadable ones."""
+    """Collated :class:`EncodedImageList` items: the readable files' bytes, concatenated
+    into one buffer (``data``, split by ``sizes``), labels, dataset indices, augmentation
+    seeds (or None), and ``(index, reason)`` of the unreadable ones.
 
-    encoded: list[torch.Tensor]
+    One buffer per batch means one shared-memory handle per batch between a DataLoader
+    worker and the main process, not one per image."""
+
+    data: torch.Tensor
+    sizes: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
     failed: list[tuple[int, str]]
     seeds: list[int] | None
+
+    @property
+    def encoded(self) -> list[torch.Tensor]:
+        """Each readable file's bytes (1-D uint8 views of ``data``)."""
+        return list(self.data.split(self.sizes.tolist())) if len(self.sizes) else []
 
 
 def collate_encoded(items) -> EncodedBatch:
     """``collate_fn`` for :class:`EncodedImageList`."""
     good = [item for item in items if item[0] is not None]
     failed = [(item[2], item[3]) for item in items if item[0] is None]
+    data = torch.cat([item[0] for item in good]) if good else torch.empty(0, dtype=torch.uint8)
+    sizes = torch.tensor([item[0].numel() for item in good], dtype=torch.long)
     labels = torch.tensor([item[1] for item in good], dtype=torch.long)
     indices = torch.tensor([item[2] for item in good], dtype=torch.long)
     seeds = [item[4] for item in good] if good and good[0][4] is not None else None
-    return EncodedBatch([item[0] for item in good], labels, indices, failed, seeds)
+    return EncodedBatch(data, sizes, labels, indices, failed, seeds)
 
 
 class DeviceDecoder:
