@@ -29,7 +29,15 @@ from utils.data import (
 )
 from utils.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
 from utils.optim import build_optimizer
-from utils.runtime import AMP_CHOICES, grad_scaler, init_distributed, seed_everything
+from utils.runtime import (
+    AMP_CHOICES,
+    add_compile_argument,
+    compile_function,
+    configure_backends,
+    grad_scaler,
+    init_distributed,
+    seed_everything,
+)
 from utils.training import TrainOptions, TrainState, fit, resume_training
 
 ROOT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -173,7 +181,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     extra.add_argument("--amp", choices=AMP_CHOICES, default="none", help="mixed precision of forward and loss")
     extra.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster on GPUs)")
-    extra.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    add_compile_argument(extra)
+    extra.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic cuDNN algorithms (bit-identical reruns on one GPU, slower); default: cuDNN autotuning",
+    )
     extra.add_argument(
         "--decode",
         choices=("pil", "device"),
@@ -252,6 +265,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         args.num_workers = _default_workers()
     dist = init_distributed(args.device)
     device = dist.device
+    configure_backends(args.deterministic)
     if dist.is_main:
         print("Running parameters:\n" + json.dumps(vars(args), indent=4), flush=True)
         if args.num_gpu > 1 and not dist.enabled:
@@ -301,8 +315,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     if dist.enabled:
         device_ids = [device.index] if device.type == "cuda" else None
         forward_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    if args.compile:
-        forward_model = torch.compile(forward_model)
+    forward_model = compile_function(forward_model, args.compile)
 
     options = TrainOptions(
         device=device,

@@ -10,6 +10,8 @@ Writes ``--images`` synthetic ImageNet-sized JPEGs (500 x 375) to a temporary fo
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import tempfile
 import time
@@ -32,6 +34,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
     parser.add_argument("--arch", default="ResNet50_L_CAM_Fm", help="variant whose training step is the yardstick")
     parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    parser.add_argument("--channels_last", action="store_true", help="channels_last training step")
+    parser.add_argument("--output", default="", help="also write the figures to this JSON file")
     return parser
 
 
@@ -48,6 +52,10 @@ def _write_jpegs(folder: str, count: int) -> list[tuple[str, int]]:
 
 
 def _images_per_second(loader, consume, device) -> float:
+    """Images/s of the second pass over ``loader`` (the first starts the persistent workers
+    and the decoder, which a long run pays once)."""
+    for _ in loader:
+        pass
     count, start = 0, time.perf_counter()
     for batch in loader:
         count += consume(batch)
@@ -71,17 +79,28 @@ def main(args: argparse.Namespace) -> dict:
         )
         on_device = _images_per_second(encoded_loader, lambda batch: len(decoder(batch, device).images), device)
 
-    step_args = bench_lcam.get_args_parser().parse_args(["--amp", args.amp, "--warmup", "2", "--iters", "5"])
+    flags = ["--amp", args.amp] + (["--channels_last"] if args.channels_last else [])
+    step_args = bench_lcam.get_args_parser().parse_args(flags)
     images = torch.rand(args.batch_size, 3, 224, 224, device=device)
-    training = bench_lcam.bench_training_step(args.arch, images, step_args, device)["images_per_s"]
-    figures = {"pil_workers": pil, "device_decode": on_device, "training_step": training}
+    make_step = functools.partial(bench_lcam.training_step, args.arch, images, step_args, device)
+    row = bench_lcam.Bench("data", step_args, device).measure("train", "training step", make_step, len(images), 2, 5)
+    training = row["images_per_s"]
+    figures = {
+        "device": bench_lcam.device_name(device),
+        "args": vars(args),
+        "pil_workers": pil,
+        "device_decode": on_device,
+        "training_step": training,
+    }
     print(
         f"PIL decode+resize+crop ({args.num_workers} workers): {pil:9.1f} img/s  ratio to training {pil / training:5.2f}"
     )
-    print(
-        f"device decode+resize+crop:                {on_device:9.1f} img/s  ratio to training {on_device / training:5.2f}"
-    )
-    print(f"training step {args.arch} ({args.amp}):    {training:9.1f} img/s")
+    print(f"device decode+resize+crop:          {on_device:9.1f} img/s  ratio to training {on_device / training:5.2f}")
+    print(f"training step {args.arch} ({args.amp}):  {training:9.1f} img/s")
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w", encoding="utf-8") as handle:
+            json.dump(figures, handle, indent=2)
     return figures
 
 

@@ -2,16 +2,22 @@
 the baselines, each as a ratio to the backbone's own forward measured in the same run.
 
     python -m bench.bench_lcam --device cuda --amp bf16 --channels_last --batch_size 128
+    python -m bench.bench_lcam --device cuda --amp bf16 --channels_last --compile reduce-overhead
     python -m bench.bench_lcam --device cpu --batch_size 8 --size 224 --iters 3   # a CPU look
 
 Random weights (no download), synthetic images already on the device: this measures the
-model and protocol, not the data path (see ``bench/bench_data.py``).
+model and protocol, not the data path (see ``bench/bench_data.py``). Each training step is
+also measured in the reference's settings (fp32, contiguous, unfused SGD, eager) unless
+those are the settings asked for, so the peak memory of the fast settings has its
+yardstick in the same run. ``--profile DIR`` writes where the time goes, per measure; ``python -m bench.report``
+turns the ``--output`` JSON files into markdown tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -24,15 +30,23 @@ import torchvision
 
 from models import build_model
 from utils.baselines import NormalizedClassifier, build_explainer
-from utils.evaluation import LCAMExplainer, evaluate, lcam_classifier
+from utils.evaluation import LCAMExplainer, evaluate
 from utils.optim import build_optimizer
-from utils.runtime import autocast, resolve_device
+from utils.runtime import add_compile_argument, autocast, compile_function, configure_backends, resolve_device
 
 FAMILIES = {
     "vgg16": ("VGG16_L_CAM_Fm", "VGG16_L_CAM_Img", torchvision.models.vgg16),
     "resnet50": ("ResNet50_L_CAM_Fm", "ResNet50_L_CAM_Img", torchvision.models.resnet50),
 }
 PERCENTAGES = (0.0, 0.5, 0.85)
+# Issue 7's targets (bf16 on an H100/H200, batch >= 64): the least ratio to the backbone's
+# forward, per measure and family.
+TARGETS = {
+    "explanation": {"vgg16": 0.95, "resnet50": 0.95},
+    "evaluation": {"vgg16": 0.24, "resnet50": 0.24},
+    "train_fm": {"vgg16": 0.85, "resnet50": 0.75},
+    "train_img": {"vgg16": 0.33, "resnet50": 0.25},
+}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -44,13 +58,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=224, help="input side in pixels")
     parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="autocast dtype")
     parser.add_argument("--channels_last", action="store_true", help="channels_last models and inputs")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the models (CUDA)")
+    add_compile_argument(parser)
     parser.add_argument("--backbone_mode", default="reference", choices=("reference", "frozen"))
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations")
     parser.add_argument("--baselines", default="gradcam,gradcampp", help="comma-separated baseline names ('' for none)")
     parser.add_argument("--baseline_iters", type=int, default=2, help="timed iterations of each baseline")
     parser.add_argument("--rise_masks", type=int, default=512, help="RISE masks when 'rise' is benchmarked")
+    parser.add_argument(
+        "--no_reference_settings",
+        action="store_true",
+        help="skip the training steps in the reference's settings (fp32, contiguous, unfused SGD, eager)",
+    )
+    parser.add_argument(
+        "--profile", default="", metavar="DIR", help="write a torch.profiler table (and trace) per measure to DIR"
+    )
+    parser.add_argument("--profile_iters", type=int, default=3, help="profiled iterations per measure")
+    parser.add_argument("--profile_trace", action="store_true", help="with --profile: also write Chrome traces")
     parser.add_argument("--output", default="", help="also write the figures to this JSON file")
     return parser
 
@@ -60,107 +84,165 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _measure(step: Callable[[], object], device: torch.device, images: int, warmup: int, iters: int) -> dict:
-    """images/s and peak device memory (CUDA) of ``step``, which processes ``images`` images."""
-    for _ in range(warmup):
-        step()
-    _synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    _synchronize(device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"images_per_s": images * iters / seconds, "peak_mib": peak}
+class Bench:
+    """Times steps on one device and keeps the rows of one family, each with its ratio to
+    the family's first row (the backbone's forward)."""
+
+    def __init__(self, family: str, args: argparse.Namespace, device: torch.device) -> None:
+        self.family, self.args, self.device = family, args, device
+        self.rows: list[dict] = []
+
+    def measure(
+        self, key: str, name: str, make_step: Callable[[], Callable[[], object]], images: int, warmup: int, iters: int
+    ) -> dict:
+        """Build a step with ``make_step()``, run it (it processes ``images`` images)
+        ``warmup`` times untimed, then ``iters`` times timed; record images/s and the peak
+        device memory (CUDA) the step needed beyond what was allocated before it was built
+        (so its model, optimizer state and activations count, other measures' do not)."""
+        allocated_before = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
+        step = make_step()
+        for _ in range(warmup):
+            step()
+        _synchronize(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            step()
+        _synchronize(self.device)
+        seconds = time.perf_counter() - start
+        peak = None
+        if self.device.type == "cuda":
+            peak = (torch.cuda.max_memory_allocated(self.device) - allocated_before) / 2**20
+        if self.args.profile:
+            self._profile(key, step)
+        return self._record(key, name, images * iters / seconds, peak)
+
+    def _record(self, key: str, name: str, images_per_s: float, peak_mib: float | None) -> dict:
+        ratio = images_per_s / self.rows[0]["images_per_s"] if self.rows else 1.0
+        target = TARGETS.get(key, {}).get(self.family)
+        row = {
+            "family": self.family,
+            "key": key,
+            "measure": name,
+            "images_per_s": images_per_s,
+            "peak_mib": peak_mib,
+            "ratio_to_backbone": ratio,
+            "target_ratio": target,
+        }
+        self.rows.append(row)
+        peak = f"{peak_mib:8.0f} MiB" if peak_mib is not None else "     n/a"
+        verdict = f"  target >= {target:.2f}: {'met' if ratio >= target else 'MISSED'}" if target else ""
+        print(f"{self.family:9s} {name:46s} {images_per_s:10.1f} img/s  ratio {ratio:6.3f}  peak {peak}{verdict}")
+        return row
+
+    def _profile(self, key: str, step: Callable[[], object]) -> None:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as profiler:
+            for _ in range(self.args.profile_iters):
+                step()
+            _synchronize(self.device)
+        sort_by = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        stem = os.path.join(self.args.profile, f"{self.family}_{key}")
+        os.makedirs(self.args.profile, exist_ok=True)
+        with open(stem + ".txt", "w", encoding="utf-8") as handle:
+            handle.write(profiler.key_averages().table(sort_by=sort_by, row_limit=40))
+        if self.args.profile_trace:
+            profiler.export_chrome_trace(stem + ".trace.json")
 
 
-def _prepare(model: torch.nn.Module, args, device: torch.device) -> torch.nn.Module:
+def _prepare(model: torch.nn.Module, channels_last: bool, device: torch.device) -> torch.nn.Module:
     model = model.to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def _maybe_compile(function, args):
-    return torch.compile(function) if args.compile else function
-
-
-def _bench_backbone(torchvision_builder, images: torch.Tensor, args, device: torch.device) -> dict:
+def _backbone_step(torchvision_builder, images: torch.Tensor, args, device: torch.device) -> Callable[[], object]:
     """The reference point: the torchvision classifier's own forward on normalised images."""
-    backbone = _maybe_compile(_prepare(torchvision_builder(weights=None).eval(), args, device), args)
+    backbone = _prepare(torchvision_builder(weights=None).eval(), args.channels_last, device)
+    forward = compile_function(backbone, args.compile)
     normalized = images.sub(0.45).div(0.225)
 
     def forward_step():
         with torch.inference_mode(), autocast(device, args.amp):
-            return backbone(normalized)
+            return forward(normalized)
 
-    return _measure(forward_step, device, len(images), args.warmup, args.iters)
+    return forward_step
 
 
-def bench_training_step(arch: str, images: torch.Tensor, args, device: torch.device) -> dict:
-    """One optimizer step of ``arch``: forward with labels, loss, backward, SGD step."""
-    model = _prepare(build_model(arch, pretrained=False, backbone_mode=args.backbone_mode), args, device).train()
-    optimizer = build_optimizer(model, 1e-4, fused=device.type == "cuda")
+def training_step(arch: str, images: torch.Tensor, args, device: torch.device, fast: bool = True) -> Callable:
+    """One optimizer step of ``arch``: forward with labels, loss, backward, SGD step; in the
+    settings of ``args`` (``fast``) or in the reference's (fp32, contiguous, unfused, eager)."""
+    channels_last, amp, mode = (args.channels_last, args.amp, args.compile) if fast else (False, "none", None)
+    model = build_model(arch, pretrained=False, backbone_mode=args.backbone_mode)
+    model = _prepare(model, channels_last, device).train()
+    optimizer = build_optimizer(model, 1e-4, fused=fast and device.type == "cuda")
     labels = torch.randint(0, 1000, (images.size(0),), device=device)
-    forward = _maybe_compile(model, args)
+    images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    forward = compile_function(model, mode)
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, args.amp):
+        with autocast(device, amp):
             loss = model.loss(forward(images, labels), labels).total
         loss.backward()
         optimizer.step()
 
-    return _measure(train_step, device, len(images), args.warmup, args.iters)
+    return train_step
+
+
+def _uses_reference_settings(args: argparse.Namespace) -> bool:
+    return args.amp == "none" and not args.channels_last and not args.compile
 
 
 def bench_family(family: str, args, device: torch.device) -> list[dict]:
     fm_arch, img_arch, torchvision_builder = FAMILIES[family]
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     images = torch.rand(args.batch_size, 3, args.size, args.size, device=device).to(memory_format=memory_format)
-    rows = []
+    bench = Bench(family, args, device)
+    sizes = (len(images), args.warmup, args.iters)
 
-    def record(name: str, figures: dict) -> None:
-        figures.update(family=family, measure=name)
-        rows.append(figures)
-        reference = rows[0]["images_per_s"]
-        ratio = figures["images_per_s"] / reference
-        peak = f"{figures['peak_mib']:.0f} MiB" if figures["peak_mib"] is not None else "n/a"
-        figures["ratio_to_backbone"] = ratio
-        print(f"{family:9s} {name:34s} {figures['images_per_s']:10.1f} img/s  ratio {ratio:5.2f}  peak {peak}")
+    bench.measure(
+        "backbone", "backbone forward", lambda: _backbone_step(torchvision_builder, images, args, device), *sizes
+    )
+    model = build_model(img_arch, pretrained=False, backbone_mode=args.backbone_mode).eval()
+    model = _prepare(model, args.channels_last, device)
+    explainer = LCAMExplainer(model, compile=args.compile)
 
-    record("backbone forward", _bench_backbone(torchvision_builder, images, args, device))
-    model = _prepare(build_model(img_arch, pretrained=False, backbone_mode=args.backbone_mode).eval(), args, device)
-    explain_forward = _maybe_compile(model, args)
+    def all_cams_step():
+        with autocast(device, args.amp):
+            return explainer.explain_all_classes(images).cams
 
     def explain_step():
-        with torch.inference_mode(), autocast(device, args.amp):
-            return explain_forward(images).cams
-
-    record("L-CAM explanation (all classes)", _measure(explain_step, device, args.batch_size, args.warmup, args.iters))
-
-    explainer, classifier = LCAMExplainer(model), lcam_classifier(model)
-    batches = [(images, torch.zeros(args.batch_size, dtype=torch.long))]
+        with autocast(device, args.amp):
+            return explainer.predict_and_explain(images)
 
     def evaluation_step():
+        batches = [(images, torch.zeros(len(images), dtype=torch.long))]
         return evaluate(
-            classifier, explainer, batches, PERCENTAGES, device, args.amp, args.channels_last, progress=False
+            explainer.classify, explainer, batches, PERCENTAGES, device, args.amp, args.channels_last, progress=False
         )
 
-    record(
-        "AD/IC evaluation at 3 percentages",
-        _measure(evaluation_step, device, args.batch_size, max(1, args.warmup // 2), max(1, args.iters // 2)),
-    )
+    bench.measure("explanation", "L-CAM explanation (all classes)", lambda: all_cams_step, *sizes)
+    bench.measure("predict_and_explain", "L-CAM prediction + its map", lambda: explain_step, *sizes)
+    halved = (len(images), max(1, args.warmup // 2), max(1, args.iters // 2))
+    bench.measure("evaluation", "AD/IC evaluation at 3 percentages", lambda: evaluation_step, *halved)
 
+    train_images = images[: args.train_batch_size]
+    batch = len(train_images)
+    settings = [True] if args.no_reference_settings or _uses_reference_settings(args) else [True, False]
     for arch in (fm_arch, img_arch):
-        name = f"training step {arch.split('_L_CAM_')[1]} (batch {min(args.train_batch_size, args.batch_size)})"
-        record(name, bench_training_step(arch, images[: args.train_batch_size], args, device))
+        method = arch.split("_L_CAM_")[1]
+        for fast in settings:
+            key = f"train_{method.lower()}" + ("" if fast else "_reference_settings")
+            name = f"training step {method} (batch {batch})" + ("" if fast else ", reference settings")
+            make_step = functools.partial(training_step, arch, train_images, args, device, fast)
+            bench.measure(key, name, make_step, batch, args.warmup, args.iters)
 
     if args.baselines:
         wrapped = NormalizedClassifier.from_lcam(copy.deepcopy(model).eval())
-        classes = torch.zeros(args.batch_size, dtype=torch.long, device=device)
+        classes = torch.zeros(len(images), dtype=torch.long, device=device)
         for name in args.baselines.split(","):
             baseline = build_explainer(name, wrapped, rise_masks=args.rise_masks)
 
@@ -168,8 +250,23 @@ def bench_family(family: str, args, device: torch.device) -> list[dict]:
                 with autocast(device, args.amp):
                     return baseline.explain(images, classes)
 
-            record(f"baseline {name}", _measure(baseline_step, device, args.batch_size, 1, args.baseline_iters))
-    return rows
+            baseline_sizes = (len(images), 1, args.baseline_iters)
+            bench.measure(f"baseline_{name}", f"baseline {name}", lambda step=baseline_step: step, *baseline_sizes)
+    _print_memory_ratios(bench.rows)
+    return bench.rows
+
+
+def _print_memory_ratios(rows: list[dict]) -> None:
+    """Peak memory of each training step over the same step in the reference's settings."""
+    by_key = {row["key"]: row for row in rows}
+    for key, row in by_key.items():
+        reference = by_key.get(f"{key}_reference_settings")
+        if reference and row["peak_mib"] and reference["peak_mib"]:
+            row["peak_ratio_to_reference_settings"] = row["peak_mib"] / reference["peak_mib"]
+            print(
+                f"{row['family']:9s} {row['measure']}: peak memory {row['peak_mib']:.0f} MiB = "
+                f"{row['peak_ratio_to_reference_settings']:.2f} x the reference settings' {reference['peak_mib']:.0f} MiB"
+            )
 
 
 def device_name(device: torch.device) -> str:
@@ -178,25 +275,30 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def main(args: argparse.Namespace) -> list[dict]:
+def main(args: argparse.Namespace) -> dict:
+    """Run the families of ``args``; print every row; return (and write to ``--output``)
+    ``{"device", "torch", "args", "rows"}``."""
     device = resolve_device(args.device)
-    torch.backends.cudnn.benchmark = True
-    print(
-        f"device: {device_name(device)}; torch {torch.__version__}; amp {args.amp}; "
-        f"channels_last {args.channels_last}; compile {args.compile}; batch {args.batch_size}; {args.size} px"
-    )
-    rows = []
+    configure_backends()
     for family in args.families.split(","):
         if family not in FAMILIES:
             raise SystemExit(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    print(
+        f"device: {device_name(device)}; torch {torch.__version__}; amp {args.amp}; "
+        f"channels_last {args.channels_last}; compile {args.compile or 'off'}; backbone_mode {args.backbone_mode}; "
+        f"batch {args.batch_size} (training {args.train_batch_size}); {args.size} px"
+    )
+    rows = []
+    for family in args.families.split(","):
         rows.extend(bench_family(family, args, device))
     if device.type == "cpu":
         print(f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    report = {"device": device_name(device), "torch": torch.__version__, "args": vars(args), "rows": rows}
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w", encoding="utf-8") as handle:
-            json.dump({"device": device_name(device), "args": vars(args), "rows": rows}, handle, indent=2)
-    return rows
+            json.dump(report, handle, indent=2)
+    return report
 
 
 if __name__ == "__main__":

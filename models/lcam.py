@@ -116,16 +116,16 @@ def smoothness_loss(masks: torch.Tensor) -> torch.Tensor:
 
 
 def select_loss_maps(cams: torch.Tensor, labels: torch.Tensor, mask_loss_maps: str = "batch") -> torch.Tensor:
-    """The sigmoid maps the area and smoothness terms are computed on.
+    """The sigmoid maps the area and smoothness terms are computed on, in float32.
 
     ``"batch"`` follows the reference code (``a[:, labels]``): every image's maps for every
     label of the batch, N x N x h x w. ``"own"`` follows the paper: each image's map for
     its own label, N x 1 x h x w.
     """
     if mask_loss_maps == "batch":
-        return torch.sigmoid(cams[:, labels])
+        return torch.sigmoid(cams[:, labels].float())
     if mask_loss_maps == "own":
-        return torch.sigmoid(_own_maps(cams, labels))
+        return torch.sigmoid(_own_maps(cams, labels).float())
     raise ValueError(f"'mask_loss_maps' must be one of {MASK_LOSS_MAPS}, got {mask_loss_maps!r}")
 
 
@@ -156,7 +156,9 @@ def lcam_loss(
         return LCAMLoss(cross_entropy, cross_entropy, zero, zero)
     if loss != "lcam":
         raise ValueError(f"'loss' must be one of {LOSSES}, got {loss!r}")
-    masks = select_loss_maps(cams.float(), labels, mask_loss_maps)
+    # Select the maps before converting them: under autocast the float32 copy (and its
+    # gradient) then covers N x N maps, not all N x K.
+    masks = select_loss_maps(cams, labels, mask_loss_maps)
     ce = CE_COEF * cross_entropy
     area = AREA_COEF * area_loss(masks)
     smoothness = SMOOTHNESS_COEF * smoothness_loss(masks)

@@ -28,7 +28,7 @@ from utils.evaluation import (
     resolve_checkpoint,
     write_result,
 )
-from utils.runtime import AMP_CHOICES, resolve_device
+from utils.runtime import AMP_CHOICES, add_compile_argument, configure_backends, resolve_device
 
 __all__ = ["REPO_ROOT", "HelpFormatter", "cli", "get_args_parser", "main"]
 
@@ -122,7 +122,12 @@ def get_args_parser(
     speed.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     speed.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast the forward passes")
     speed.add_argument("--channels_last", action="store_true", help="channels_last memory format")
-    speed.add_argument("--compile", action="store_true", help="torch.compile the passes (slow start, then faster)")
+    add_compile_argument(speed)
+    speed.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic cuDNN algorithms (bit-identical reruns on one GPU, slower); default: cuDNN autotuning",
+    )
     speed.add_argument(
         "--decode",
         choices=("pil", "device"),
@@ -186,6 +191,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     percentages = _check_args(parser, args)
     _fill_defaults(args)
     device = resolve_device(args.device)
+    configure_backends(args.deterministic)
     checkpoint = resolve_checkpoint(args.restore_from, args.snapshot_dir, resume=args.resume == "True")
     if not os.path.exists(args.test_list):
         raise FileNotFoundError(f"--test_list not found: {args.test_list!r}")

@@ -242,6 +242,21 @@ def test_three_percentages_equal_three_separate_passes():
     assert not torch.equal(combined.o[0], combined.o[2])
 
 
+def test_compiled_explainer_scores_equal_eager():
+    model = tiny_lcam()
+    images = _smooth_images(6, 32, torch.Generator().manual_seed(0))
+    loader = [(images[:4], torch.arange(4)), (images[4:], torch.arange(2))]
+    eager = LCAMExplainer(model)
+    compiled = LCAMExplainer(model, compile="default")
+    expected = evaluate(eager.classify, eager, loader, PERCENTAGES, progress=False)
+    result = evaluate(compiled.classify, compiled, loader, PERCENTAGES, progress=False)
+    assert result.predicted.tolist() == expected.predicted.tolist()
+    torch.testing.assert_close(result.y, expected.y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.o, expected.o, rtol=1e-4, atol=1e-5)
+    out = compiled.explain_all_classes(images)
+    torch.testing.assert_close(out.cams, model(images).cams, rtol=1e-4, atol=1e-5)
+
+
 class _RecordingClassifier:
     """A toy classifier (mean colour -> logits) that keeps every batch it scores."""
 

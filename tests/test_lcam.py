@@ -83,6 +83,27 @@ def test_ce_variants_return_cross_entropy_alone():
     assert result.area.item() == 0 and result.smoothness.item() == 0
 
 
+@pytest.mark.parametrize("selection", ["batch", "own"])
+def test_half_precision_cams_give_the_float32_loss_of_their_values(selection):
+    # Under autocast the AM outputs bf16 CAMs; the loss converts only the selected maps, and
+    # must equal the float32 loss of the same values, gradient included.
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 9, generator=generator)
+    cams = (torch.randn(4, 9, 5, 5, generator=generator) * 3).bfloat16()
+    labels = torch.tensor([8, 0, 8, 3])
+    half = cams.clone().requires_grad_()
+    full = cams.float().requires_grad_()
+    got = lcam_loss(logits, half, labels, "lcam", selection)
+    want = lcam_loss(logits, full, labels, "lcam", selection)
+    assert select_loss_maps(half, labels, selection).dtype == torch.float32
+    for got_term, want_term in zip(got, want):
+        assert torch.equal(got_term, want_term)
+    got.total.backward()
+    want.total.backward()
+    assert half.grad.dtype == torch.bfloat16
+    assert torch.equal(half.grad, want_grad := full.grad.bfloat16()) and want_grad.abs().sum() > 0
+
+
 def test_select_loss_maps_shapes_and_errors():
     cams = torch.randn(3, 6, 2, 2)
     labels = torch.tensor([5, 0, 5])

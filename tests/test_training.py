@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models import build_model
+from tests.toy_models import tiny_lcam
 from utils.data import (
     ImageList,
     ResumableSampler,
@@ -19,6 +20,7 @@ from utils.data import (
     train_transform,
 )
 from utils.optim import build_optimizer
+from utils.runtime import compile_function
 from utils.training import (
     CSV_NAME,
     EpochMeter,
@@ -144,6 +146,20 @@ def test_one_step_equals_the_reference_optimizer(model, one_thread):
     for key, value in expected.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
     assert not torch.equal(model.attnM.op.weight, initial)
+
+
+def test_compiled_forward_trains_like_eager(one_thread):
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 1])
+    eager, compiled = tiny_lcam(num_classes=3).train(), tiny_lcam(num_classes=3).train()
+    options = TrainOptions(device=CPU, progress=False)
+    batches = [(images, labels), (images.flip(-1), labels)]
+    train_one_epoch(eager, batches, build_optimizer(eager, 1e-4), options, epoch=0)
+    forward = compile_function(compiled, "default")
+    train_one_epoch(compiled, batches, build_optimizer(compiled, 1e-4), options, epoch=0, forward_model=forward)
+    assert not torch.equal(compiled.attnM.op.weight, tiny_lcam(num_classes=3).attnM.op.weight)
+    for key, value in eager.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[key], value, rtol=1e-4, atol=1e-6, msg=key)
 
 
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(model, jpeg_tree, tmp_path, one_thread):

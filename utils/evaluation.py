@@ -34,12 +34,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import ARCH_CHOICES, GENERIC, build_model
-from models.lcam import LCAM
+from models.lcam import LCAM, LCAMOutput
 from utils.checkpoint import FORMAT, find_newest_checkpoint, load_checkpoint
 from utils.data import Batch, ImageList, build_loader, eval_transform
 from utils.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
 from utils.metrics import average_drop, increase_in_confidence, keep_top, minmax_normalize
-from utils.runtime import autocast
+from utils.runtime import autocast, compile_function
 
 __all__ = [
     "Classifier",
@@ -78,16 +78,16 @@ class LCAMExplainer:
     sigmoid), as in the reference evaluation. Runs under ``torch.inference_mode``.
 
     The caller puts ``model`` in eval mode (the scripts do); this class changes nothing on it.
-    ``compile=True`` runs both passes through ``torch.compile`` (slow first batches, then
-    faster on GPUs).
+    ``compile`` (True or a mode of :data:`utils.runtime.COMPILE_MODES`) runs both passes
+    through ``torch.compile`` (slow first batches, then faster on GPUs).
     """
 
-    def __init__(self, model: LCAM, compile: bool = False) -> None:
+    def __init__(self, model: LCAM, compile: bool | str | None = None) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"'model' must be an L-CAM torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self._forward = torch.compile(model) if compile else model
-        self._plain_logits = torch.compile(self._plain_pass) if compile else self._plain_pass
+        self._forward = compile_function(model, compile)
+        self._plain_logits = compile_function(self._plain_pass, compile)
 
     def _plain_pass(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.classify(self.model.normalize(images))
@@ -103,6 +103,11 @@ class LCAMExplainer:
         with torch.inference_mode():
             cams = self._forward(images).cams
             return _select_maps(cams, classes.to(cams.device))
+
+    def explain_all_classes(self, images: torch.Tensor) -> LCAMOutput:
+        """The plain logits and the raw CAMs of every class (``model(images)``), one pass."""
+        with torch.inference_mode():
+            return self._forward(images)
 
     def predict_and_explain(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Plain logits and the raw CAM of each image's predicted class, from one forward."""

@@ -1,11 +1,13 @@
-"""Where and how computation runs: device choice, mixed-precision context, seeding,
-channels_last, and torchrun's distributed environment."""
+"""Where and how computation runs: device choice, mixed-precision context, backend
+settings, torch.compile, seeding, and torchrun's distributed environment."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import random
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import NamedTuple
 
@@ -14,8 +16,12 @@ import torch
 
 __all__ = [
     "AMP_CHOICES",
+    "COMPILE_MODES",
     "DistributedContext",
+    "add_compile_argument",
     "autocast",
+    "compile_function",
+    "configure_backends",
     "grad_scaler",
     "init_distributed",
     "resolve_device",
@@ -24,6 +30,7 @@ __all__ = [
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -53,6 +60,39 @@ def autocast(device: torch.device, amp: str = "none") -> AbstractContextManager:
     if amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=_AMP_DTYPES[amp])
+
+
+def configure_backends(deterministic: bool = False) -> None:
+    """Let cuDNN pick the fastest convolution algorithms for the (fixed) input shapes, or,
+    with ``deterministic``, only deterministic ones (bit-identical reruns on one GPU, slower).
+    Acts on the process-wide ``torch.backends.cudnn`` flags; a no-op for CPU computation."""
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+
+
+def compile_function(function: Callable, mode: str | bool | None) -> Callable:
+    """``torch.compile(function, mode=mode)``, or ``function`` itself when ``mode`` is
+    None/False. ``True`` means ``"default"``; ``"reduce-overhead"`` adds CUDA graphs."""
+    if mode is None or mode is False:
+        return function
+    mode = "default" if mode is True else mode
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+    return torch.compile(function, mode=mode)
+
+
+def add_compile_argument(group: argparse._ActionsContainer) -> None:
+    """The ``--compile [MODE]`` flag the scripts share (absent: eager; bare: ``default``)."""
+    group.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        choices=COMPILE_MODES,
+        metavar="MODE",
+        help="torch.compile the model (slow start, faster steps); MODE: default, reduce-overhead (adds CUDA "
+        "graphs), max-autotune, max-autotune-no-cudagraphs [default when given bare]",
+    )
 
 
 def grad_scaler(device: torch.device, amp: str = "none") -> torch.amp.GradScaler:

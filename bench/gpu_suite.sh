@@ -1,0 +1,35 @@
+#!/bin/sh
+# Issue 7's GPU check in one run: every bench_lcam measure at bf16 + channels_last (with the
+# training steps also in the reference's settings, for the peak-memory comparison, and a
+# profiler table per measure), the frozen-backbone training steps, the data path, then the
+# same at torch.compile (slowest to start, so last). Each step writes its JSON as it ends
+# and report.md is rebuilt after each, so a run cut short still leaves its tables.
+# Usage: sh bench/gpu_suite.sh [OUT_DIR (runs/bench)]    Environment: DEVICE (cuda),
+#   BATCH (128), WORKERS (16), DATA_IMAGES (1024), COMPILE_MODE (default; empty: skip the compiled
+#   run), EXTRA (more bench_lcam flags, e.g. "--families vgg16 --iters 20"), LAUNCHER (python)
+set -eu
+ROOT=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)
+OUT_DIR=${1:-runs/bench}
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+PY=${LAUNCHER:-python}
+FAST="--device ${DEVICE:-cuda} --amp bf16 --channels_last --batch_size ${BATCH:-128} ${EXTRA:-}"
+mkdir -p "$OUT_DIR"
+
+report() {
+	$PY -m bench.report "$OUT_DIR"/*.json --output "$OUT_DIR/report.md" >/dev/null
+}
+
+$PY -m bench.bench_lcam $FAST --profile "$OUT_DIR/profile" --output "$OUT_DIR/1_bf16_channels_last.json"
+report
+$PY -m bench.bench_lcam $FAST --backbone_mode frozen --baselines "" --no_reference_settings \
+	--output "$OUT_DIR/2_bf16_channels_last_frozen.json"
+report
+$PY -m bench.bench_data --device "${DEVICE:-cuda}" --amp bf16 --channels_last --num_workers "${WORKERS:-16}" \
+	--batch_size "${BATCH:-128}" --images "${DATA_IMAGES:-1024}" --output "$OUT_DIR/3_data_path.json"
+report
+if [ -n "${COMPILE_MODE-default}" ]; then
+	$PY -m bench.bench_lcam $FAST --compile "${COMPILE_MODE:-default}" --baselines "" --no_reference_settings \
+		--output "$OUT_DIR/4_bf16_channels_last_compile.json"
+	report
+fi
+cat "$OUT_DIR/report.md"

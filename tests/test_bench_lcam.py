@@ -1,0 +1,69 @@
+"""bench.bench_lcam (and bench/gpu_suite.sh) run end to end on the CPU (tiny sizes: this
+checks that the benchmark works and reports what it promises, not any speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from bench import bench_lcam
+
+TINY = ["--device", "cpu", "--families", "resnet50", "--size", "32", "--batch_size", "2", "--train_batch_size", "2"]
+QUICK = ["--warmup", "1", "--iters", "1", "--baseline_iters", "1", "--baselines", "gradcam"]
+
+
+@pytest.fixture(scope="module")
+def fast_settings_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    flags = [*TINY, *QUICK, "--channels_last", "--profile", str(folder / "profile"), "--output", str(folder / "b.json")]
+    return bench_lcam.main(bench_lcam.get_args_parser().parse_args(flags)), folder
+
+
+def test_every_measure_has_a_ratio_to_the_backbone_and_its_target(fast_settings_run):
+    report, folder = fast_settings_run
+    keys = [row["key"] for row in report["rows"]]
+    assert keys == [
+        "backbone",
+        "explanation",
+        "predict_and_explain",
+        "evaluation",
+        "train_fm",
+        "train_fm_reference_settings",
+        "train_img",
+        "train_img_reference_settings",
+        "baseline_gradcam",
+    ]
+    backbone = report["rows"][0]
+    for row in report["rows"]:
+        assert row["images_per_s"] > 0 and row["peak_mib"] is None  # no CUDA memory on the CPU
+        assert row["ratio_to_backbone"] == pytest.approx(row["images_per_s"] / backbone["images_per_s"])
+    targets = {row["key"]: row["target_ratio"] for row in report["rows"]}
+    assert targets["explanation"] == 0.95 and targets["evaluation"] == 0.24
+    assert targets["train_fm"] == 0.75 and targets["train_img"] == 0.25 and targets["backbone"] is None
+    assert json.loads((folder / "b.json").read_text())["rows"] == report["rows"]
+    assert report["device"].startswith("CPU")
+
+
+def test_profile_tables_name_the_operators(fast_settings_run):
+    _, folder = fast_settings_run
+    table = (folder / "profile" / "resnet50_train_img.txt").read_text()
+    assert "aten::" in table and "Self CPU" in table
+    assert not list((folder / "profile").glob("*.trace.json"))  # traces only with --profile_trace
+
+
+def test_reference_settings_are_not_measured_twice(capsys):
+    flags = [*TINY, *QUICK, "--baselines", ""]
+    report = bench_lcam.main(bench_lcam.get_args_parser().parse_args(flags))
+    assert [row["key"] for row in report["rows"]][-2:] == ["train_fm", "train_img"]
+    assert "training step Img (batch 2)" in capsys.readouterr().out
+
+
+def test_unknown_family_is_refused():
+    with pytest.raises(SystemExit, match="unknown family 'alexnet'"):
+        bench_lcam.main(bench_lcam.get_args_parser().parse_args(["--device", "cpu", "--families", "alexnet"]))
+
+
+def test_gpu_suite_is_valid_shell():
+    assert subprocess.run(["sh", "-n", "bench/gpu_suite.sh"], check=False).returncode == 0
