@@ -54,6 +54,19 @@ def _grad_cam_formula(classifier, x, classes):
     return ((cam - low[:, None, None, None]) / (high - low)[:, None, None, None]).detach()
 
 
+def test_leaf_activations_give_the_same_gradients_without_recording_the_layers_below(classifier, batch):
+    x, classes = batch
+    with capture_activations(classifier.target_layer) as outputs:
+        logits = classifier(x.clone().requires_grad_(True))
+    (expected,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), outputs[-1])
+    with capture_activations(classifier.target_layer, as_leaf=True) as outputs:
+        logits = classifier(x)
+    leaf = outputs[-1]
+    assert leaf.is_leaf and leaf.requires_grad and leaf.grad_fn is None  # nothing recorded below it
+    (gradients,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), leaf)
+    torch.testing.assert_close(gradients, expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", list(BASELINES))
 def test_every_method_gives_maps_in_unit_range(name, classifier, batch):
     x, classes = batch
@@ -192,6 +205,8 @@ def test_lcam_backbone_wrapper_and_package_methods_restore_modes_and_hooks(make_
         lcam.layer1.eval()
     assert maps.shape == (2, 1, 2, 2)
     assert not classifier.target_layer._forward_hooks
+    # behind the frozen backbone the package's Grad-CAM is still the SPEC formula
+    torch.testing.assert_close(maps, _grad_cam_formula(classifier, x, classes), rtol=1e-4, atol=1e-5)
     hand_written = build_explainer("gradcampp", classifier).explain(x, classes)
     assert hand_written.shape == (2, 1, 2, 2) and torch.isfinite(hand_written).all()
 

@@ -158,11 +158,23 @@ class NormalizedClassifier(nn.Module):
 
 
 @contextlib.contextmanager
-def capture_activations(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
+def capture_activations(layer: nn.Module, as_leaf: bool = False) -> Iterator[list[torch.Tensor]]:
     """Collect the outputs of ``layer`` during forward passes; the hook is removed on exit
-    (also after an error)."""
+    (also after an error).
+
+    With ``as_leaf``, each output is replaced by a detached tensor that requires a gradient:
+    the rest of the network runs on it, so gradients with respect to it are those with
+    respect to the layer's output, and autograd records nothing before the layer (a frozen
+    backbone's lower layers then keep no activations for a backward pass)."""
     outputs: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if as_leaf:
+            output = output.detach().requires_grad_(True)
+        outputs.append(output)
+        return output
+
+    handle = layer.register_forward_hook(hook, prepend=as_leaf)  # other hooks then see the leaf
     try:
         yield outputs
     finally:
@@ -216,9 +228,8 @@ def _gradients_at_layer(
     """Target-layer activations A, gradients g of ``output_transform(logits)[k]`` w.r.t. A,
     and the scores ``output_transform(logits)[k]``, for every image of the batch at once
     (images are independent in eval mode, so the gradient of the sum is each image's)."""
-    inputs = images.detach().requires_grad_(True)  # the backbone may be frozen
-    with torch.enable_grad(), capture_activations(classifier.target_layer) as outputs:
-        scores = _class_scores(output_transform(classifier(inputs)), classes)
+    with torch.enable_grad(), capture_activations(classifier.target_layer, as_leaf=True) as outputs:
+        scores = _class_scores(output_transform(classifier(images.detach())), classes)
         activations = outputs[-1]
         (gradients,) = torch.autograd.grad(scores.sum(), activations)
     return activations.detach().float(), gradients.float(), scores.detach().float()
@@ -481,7 +492,6 @@ class PackageCAM:
 
             options = {"ablation_layer": AblationLayer(), "batch_size": self.batch_size}
         cam = self._cam_class(self.classifier, self.classifier.target_layers, **options)
-        cam.compute_input_gradient = cam.uses_gradients  # reach the layer behind a frozen backbone
         if self.method == "ScoreCAM":
             cam.batch_size = self.batch_size
         return cam
@@ -493,8 +503,15 @@ class PackageCAM:
         targets = [ClassifierOutputTarget(int(k)) for k in classes]
         with _modes_restored(self.classifier), torch.autocast(images.device.type, enabled=False):
             cam = self._build()
+            # A gradient method needs the target layer's output to require a gradient, which a
+            # frozen backbone's does not: make it a leaf (as our own methods do) rather than
+            # back-propagating to the input. Methods that need the input's gradient keep theirs.
+            as_leaf = cam.uses_gradients and not cam.compute_input_gradient
+            leaf = (
+                capture_activations(self.classifier.target_layer, as_leaf=True) if as_leaf else contextlib.nullcontext()
+            )
             try:
-                with torch.enable_grad():
+                with torch.enable_grad(), leaf:
                     maps = cam(input_tensor=images.detach().float(), targets=targets)
             finally:
                 cam.activations_and_grads.release()
