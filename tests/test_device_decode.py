@@ -83,6 +83,18 @@ def test_train_mode_is_seeded_per_image(image_files):
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_a_batch_decodes_as_its_images_one_by_one(image_files, train):
+    # two images share a size (resized in one call), one has its own; flips come out per image
+    dataset = EncodedImageList(image_files)
+    decoder = DeviceDecoder(48, 32, train=train)
+    keys = [(index, 10 + index) for index in range(len(dataset))] if train else list(range(len(dataset)))
+    together = decoder(collate_encoded([dataset[key] for key in keys]), torch.device("cpu")).images
+    alone = torch.cat([decoder(collate_encoded([dataset[key]]), torch.device("cpu")).images for key in keys])
+    assert together.shape == (4, 3, 32, 32) and together.dtype == torch.float32
+    assert torch.equal(together, alone)
+
+
 def test_crop_larger_than_resize_is_rejected():
     with pytest.raises(ValueError, match="'crop_size' \\(64\\) must not exceed 'input_size' \\(48\\)"):
         DeviceDecoder(48, 64)

@@ -101,20 +101,58 @@ class DeviceDecoder:
         self.input_size, self.crop_size, self.train = input_size, crop_size, train
 
     def __call__(self, batch: EncodedBatch, device: torch.device) -> Batch:
-        """A :class:`utils.data.Batch` on ``device``; images that fail to decode join ``failed``."""
+        """A :class:`utils.data.Batch` on ``device``; images that fail to decode join ``failed``.
+
+        Images of the same size are resized together (one call per size, bit-identical to
+        resizing each alone), crops are views, and the conversion to float is one call for
+        the batch: few kernel launches per batch, not several per image."""
         decoded, reasons = self._decode(batch.encoded, device)
-        images, kept, failed = [], [], list(batch.failed)
-        for position, image in enumerate(decoded):
-            if image is None:
-                failed.append((int(batch.indices[position]), reasons[position]))
-                continue
+        failed = list(batch.failed)
+        kept = [position for position, image in enumerate(decoded) if image is not None]
+        failed.extend((int(batch.indices[p]), reasons[p]) for p, image in enumerate(decoded) if image is None)
+        resized = self._resize_by_size({position: decoded[position] for position in kept})
+        crops, flips = [], []
+        for position in kept:
             seed = batch.seeds[position] if batch.seeds is not None else None
             generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-            images.append(self._transform(image, generator))
-            kept.append(position)
+            crop, flip = self._crop(resized[position], generator)
+            crops.append(crop)
+            flips.append(flip)
         keep = torch.tensor(kept, dtype=torch.long)
-        stacked = torch.stack(images) if images else None
-        return Batch(stacked, batch.labels[keep].to(device, non_blocking=True), batch.indices[keep], failed)
+        images = None
+        if crops:
+            images = torch.stack(crops)
+            if any(flips):
+                flipped = torch.tensor(flips, device=images.device)
+                images = torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)
+            images = images.float().div_(255.0)
+        return Batch(images, batch.labels[keep].to(device, non_blocking=True), batch.indices[keep], failed)
+
+    def _resize_by_size(self, images: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Resize the smaller edge of every image to ``input_size`` (antialiased bilinear),
+        one call per distinct image size."""
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for position, image in images.items():
+            by_size.setdefault(tuple(image.shape), []).append(position)
+        resized = {}
+        for positions in by_size.values():
+            group = TF.resize(torch.stack([images[p] for p in positions]), [self.input_size], antialias=True)
+            resized.update(zip(positions, group))
+        return resized
+
+    def _crop(self, image: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, bool]:
+        """The crop (a view) of a resized image, and whether to flip it: random crop and
+        flip (``train``; drawn in this order from ``generator``) or the centre crop."""
+        height, width = image.shape[-2:]
+        if self.train:
+            top = int(torch.randint(0, height - self.crop_size + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - self.crop_size + 1, (1,), generator=generator))
+            flip = float(torch.rand(1, generator=generator)) < 0.5
+        else:
+            top = int(round((height - self.crop_size) / 2.0))
+            left = int(round((width - self.crop_size) / 2.0))
+            flip = False
+        return image[..., top : top + self.crop_size, left : left + self.crop_size], flip
 
     @staticmethod
     def _decode(encoded: list[torch.Tensor], device: torch.device):
@@ -142,21 +180,6 @@ class DeviceDecoder:
             if not is_jpeg:
                 decoded[position], reasons[position] = _decode_one(encoded[position], device, jpeg=False)
         return decoded, reasons
-
-    def _transform(self, image: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        image = TF.resize(image, [self.input_size], antialias=True)
-        height, width = image.shape[-2:]
-        if self.train:
-            top = int(torch.randint(0, height - self.crop_size + 1, (1,), generator=generator))
-            left = int(torch.randint(0, width - self.crop_size + 1, (1,), generator=generator))
-            image = image[..., top : top + self.crop_size, left : left + self.crop_size]
-            if float(torch.rand(1, generator=generator)) < 0.5:
-                image = image.flip(-1)
-        else:
-            top = int(round((height - self.crop_size) / 2.0))
-            left = int(round((width - self.crop_size) / 2.0))
-            image = image[..., top : top + self.crop_size, left : left + self.crop_size]
-        return image.float().div_(255.0)
 
 
 @contextlib.contextmanager
