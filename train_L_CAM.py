@@ -32,6 +32,7 @@ from utils.optim import build_optimizer
 from utils.runtime import (
     AMP_CHOICES,
     add_compile_argument,
+    add_deterministic_argument,
     compile_function,
     configure_backends,
     grad_scaler,
@@ -182,11 +183,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     extra.add_argument("--amp", choices=AMP_CHOICES, default="none", help="mixed precision of forward and loss")
     extra.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster on GPUs)")
     add_compile_argument(extra)
-    extra.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="deterministic cuDNN algorithms (bit-identical reruns on one GPU, slower); default: cuDNN autotuning",
-    )
+    add_deterministic_argument(extra)
     extra.add_argument(
         "--decode",
         choices=("pil", "device"),

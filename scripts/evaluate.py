@@ -28,7 +28,13 @@ from utils.evaluation import (
     resolve_checkpoint,
     write_result,
 )
-from utils.runtime import AMP_CHOICES, add_compile_argument, configure_backends, resolve_device
+from utils.runtime import (
+    AMP_CHOICES,
+    add_compile_argument,
+    add_deterministic_argument,
+    configure_backends,
+    resolve_device,
+)
 
 __all__ = ["REPO_ROOT", "HelpFormatter", "cli", "get_args_parser", "main"]
 
@@ -123,11 +129,7 @@ def get_args_parser(
     speed.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast the forward passes")
     speed.add_argument("--channels_last", action="store_true", help="channels_last memory format")
     add_compile_argument(speed)
-    speed.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="deterministic cuDNN algorithms (bit-identical reruns on one GPU, slower); default: cuDNN autotuning",
-    )
+    add_deterministic_argument(speed)
     speed.add_argument(
         "--decode",
         choices=("pil", "device"),

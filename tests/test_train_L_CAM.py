@@ -252,8 +252,12 @@ def test_device_decode_path_trains_and_resumes_exactly(jpeg_tree, tmp_path, one_
         _args(datalist, root, tmp_path / "straight", "--epoch", "2", *device_decode)
     )
     assert straight_first["images"] == 12 and straight_second["images"] == 12
-    train_L_CAM.main(_args(datalist, root, tmp_path / "resumed", "--epoch", "1", *device_decode))
+    # resumed with a DataLoader worker reading the files (its batches cross a process boundary)
+    worker = ("--num_workers", "1", "--deterministic")
+    train_L_CAM.main(_args(datalist, root, tmp_path / "resumed", "--epoch", "1", *device_decode, *worker))
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     train_L_CAM.main(_args(datalist, root, tmp_path / "resumed", "--epoch", "2", *device_decode))
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
     expected = _head(tmp_path / "straight" / "lcam_epoch_1_glo_step_6.pth.tar")
     resumed = _head(tmp_path / "resumed" / "lcam_epoch_1_glo_step_6.pth.tar")
     assert all(torch.equal(resumed[key], value) for key, value in expected.items())

@@ -19,6 +19,7 @@ __all__ = [
     "COMPILE_MODES",
     "DistributedContext",
     "add_compile_argument",
+    "add_deterministic_argument",
     "autocast",
     "compile_function",
     "configure_backends",
@@ -92,6 +93,15 @@ def add_compile_argument(group: argparse._ActionsContainer) -> None:
         metavar="MODE",
         help="torch.compile the model (slow start, faster steps); MODE: default, reduce-overhead (adds CUDA "
         "graphs), max-autotune, max-autotune-no-cudagraphs [default when given bare]",
+    )
+
+
+def add_deterministic_argument(group: argparse._ActionsContainer) -> None:
+    """The ``--deterministic`` flag the scripts share (see :func:`configure_backends`)."""
+    group.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic cuDNN algorithms (bit-identical reruns on one GPU, slower); default: cuDNN autotuning",
     )
 
 
