@@ -1,6 +1,7 @@
 #!/bin/sh
-# Issue 7's GPU check in one run: every bench_lcam measure at bf16 + channels_last (with the
-# training steps also in the reference's settings, for the peak-memory comparison, and a
+# Issue 7's GPU check in one run: the GPU-only tests (tests/test_cuda_paths.py: no host
+# synchronisation in the hot paths), every bench_lcam measure at bf16 + channels_last (with
+# the training steps also in the reference's settings, for the peak-memory comparison, and a
 # profiler table per measure), the frozen-backbone training steps, the data path, then the
 # same at torch.compile (slowest to start, so last). Each step writes its JSON as it ends
 # and report.md is rebuilt after each, so a run cut short still leaves its tables.
@@ -19,6 +20,9 @@ report() {
 	$PY -m bench.report "$OUT_DIR"/*.json --output "$OUT_DIR/report.md" >/dev/null
 }
 
+# 0. the GPU-only tests: no host synchronisation in training steps, evaluation, device decoding
+$PY -m pytest -q -p no:cacheprovider "$ROOT/tests/test_cuda_paths.py" >"$OUT_DIR/cuda_tests.txt" 2>&1 || true
+tail -n 3 "$OUT_DIR/cuda_tests.txt"
 $PY -m bench.bench_lcam $FAST --profile "$OUT_DIR/profile" --output "$OUT_DIR/1_bf16_channels_last.json"
 report
 $PY -m bench.bench_lcam $FAST --backbone_mode frozen --baselines "" --no_reference_settings \

@@ -105,27 +105,22 @@ class DeviceDecoder:
 
         Images of the same size are resized together (one call per size, bit-identical to
         resizing each alone), crops are views, and the conversion to float is one call for
-        the batch: few kernel launches per batch, not several per image."""
+        the batch: few kernel launches per batch, not several per image, and no host
+        synchronisation (random choices are drawn on the CPU)."""
         decoded, reasons = self._decode(batch.encoded, device)
         failed = list(batch.failed)
         kept = [position for position, image in enumerate(decoded) if image is not None]
         failed.extend((int(batch.indices[p]), reasons[p]) for p, image in enumerate(decoded) if image is None)
         resized = self._resize_by_size({position: decoded[position] for position in kept})
-        crops, flips = [], []
+        crops = []
         for position in kept:
             seed = batch.seeds[position] if batch.seeds is not None else None
             generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
             crop, flip = self._crop(resized[position], generator)
-            crops.append(crop)
-            flips.append(flip)
+            # flipped one by one: a device tensor of flags would cost a blocking host copy
+            crops.append(crop.flip(-1) if flip else crop)
         keep = torch.tensor(kept, dtype=torch.long)
-        images = None
-        if crops:
-            images = torch.stack(crops)
-            if any(flips):
-                flipped = torch.tensor(flips, device=images.device)
-                images = torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)
-            images = images.float().div_(255.0)
+        images = torch.stack(crops).float().div_(255.0) if crops else None
         return Batch(images, batch.labels[keep].to(device, non_blocking=True), batch.indices[keep], failed)
 
     def _resize_by_size(self, images: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
