@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import tempfile
 import time
@@ -98,9 +97,7 @@ def main(args: argparse.Namespace) -> dict:
     print(f"device decode+resize+crop:          {on_device:9.1f} img/s  ratio to training {on_device / training:5.2f}")
     print(f"training step {args.arch} ({args.amp}):  {training:9.1f} img/s")
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as handle:
-            json.dump(figures, handle, indent=2)
+        bench_lcam.write_json(args.output, figures)
     return figures
 
 

@@ -295,10 +295,15 @@ def main(args: argparse.Namespace) -> dict:
         print(f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     report = {"device": device_name(device), "torch": torch.__version__, "args": vars(args), "rows": rows}
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
+        write_json(args.output, report)
     return report
+
+
+def write_json(path: str, document: dict) -> None:
+    """Write ``document`` to ``path`` (folders created) as indented JSON."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2)
 
 
 if __name__ == "__main__":
