@@ -98,7 +98,26 @@ class Bench:
         """Build a step with ``make_step()``, run it (it processes ``images`` images)
         ``warmup`` times untimed, then ``iters`` times timed; record images/s and the peak
         device memory (CUDA) the step needed beyond what was allocated before it was built
-        (so its model, optimizer state and activations count, other measures' do not)."""
+        (so its model, optimizer state and activations count, other measures' do not).
+
+        A measure that fails (out of memory, a compile error, ...) is recorded with its error
+        and the run goes on: one run on a lent GPU still yields every other figure."""
+        try:
+            return self._measure(key, name, make_step, images, warmup, iters)
+        except Exception as error:  # reported in the row and on screen, never hidden
+            text = str(error).strip()
+            message = type(error).__name__ + (f": {text.splitlines()[0]}" if text else "")
+            print(f"{self.family:9s} {name:46s} FAILED: {message}")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            row = {"family": self.family, "key": key, "measure": name, "images_per_s": None, "peak_mib": None}
+            row.update(ratio_to_backbone=None, target_ratio=TARGETS.get(key, {}).get(self.family), error=message)
+            self.rows.append(row)
+            return row
+
+    def _measure(
+        self, key: str, name: str, make_step: Callable[[], Callable[[], object]], images: int, warmup: int, iters: int
+    ) -> dict:
         allocated_before = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
         step = make_step()
         for _ in range(warmup):
@@ -119,7 +138,8 @@ class Bench:
         return self._record(key, name, images * iters / seconds, peak)
 
     def _record(self, key: str, name: str, images_per_s: float, peak_mib: float | None) -> dict:
-        ratio = images_per_s / self.rows[0]["images_per_s"] if self.rows else 1.0
+        reference = self.rows[0]["images_per_s"] if self.rows else images_per_s
+        ratio = images_per_s / reference if reference else None
         target = TARGETS.get(key, {}).get(self.family)
         row = {
             "family": self.family,
@@ -132,8 +152,9 @@ class Bench:
         }
         self.rows.append(row)
         peak = f"{peak_mib:8.0f} MiB" if peak_mib is not None else "     n/a"
-        verdict = f"  target >= {target:.2f}: {'met' if ratio >= target else 'MISSED'}" if target else ""
-        print(f"{self.family:9s} {name:46s} {images_per_s:10.1f} img/s  ratio {ratio:6.3f}  peak {peak}{verdict}")
+        verdict = f"  target >= {target:.2f}: {'met' if ratio >= target else 'MISSED'}" if target and ratio else ""
+        shown = f"{ratio:6.3f}" if ratio is not None else "   n/a"
+        print(f"{self.family:9s} {name:46s} {images_per_s:10.1f} img/s  ratio {shown}  peak {peak}{verdict}")
         return row
 
     def _profile(self, key: str, step: Callable[[], object]) -> None:
@@ -192,6 +213,17 @@ def training_step(arch: str, images: torch.Tensor, args, device: torch.device, f
     return train_step
 
 
+def _baseline_step(name: str, wrapped, images: torch.Tensor, classes: torch.Tensor, args, device) -> Callable:
+    """The explanation of ``images`` for ``classes`` by the baseline ``name``."""
+    baseline = build_explainer(name, wrapped, rise_masks=args.rise_masks)
+
+    def baseline_step():
+        with autocast(device, args.amp):
+            return baseline.explain(images, classes)
+
+    return baseline_step
+
+
 def _uses_reference_settings(args: argparse.Namespace) -> bool:
     return args.amp == "none" and not args.channels_last and not args.compile
 
@@ -244,14 +276,8 @@ def bench_family(family: str, args, device: torch.device) -> list[dict]:
         wrapped = NormalizedClassifier.from_lcam(copy.deepcopy(model).eval())
         classes = torch.zeros(len(images), dtype=torch.long, device=device)
         for name in args.baselines.split(","):
-            baseline = build_explainer(name, wrapped, rise_masks=args.rise_masks)
-
-            def baseline_step(baseline=baseline):
-                with autocast(device, args.amp):
-                    return baseline.explain(images, classes)
-
-            baseline_sizes = (len(images), 1, args.baseline_iters)
-            bench.measure(f"baseline_{name}", f"baseline {name}", lambda step=baseline_step: step, *baseline_sizes)
+            make_step = functools.partial(_baseline_step, name, wrapped, images, classes, args, device)
+            bench.measure(f"baseline_{name}", f"baseline {name}", make_step, len(images), 1, args.baseline_iters)
     _print_memory_ratios(bench.rows)
     return bench.rows
 
@@ -307,4 +333,6 @@ def write_json(path: str, document: dict) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    failed = [row for row in main(get_args_parser().parse_args())["rows"] if row.get("error")]
+    if failed:
+        raise SystemExit(f"{len(failed)} measure(s) failed: " + "; ".join(row["measure"] for row in failed))

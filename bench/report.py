@@ -40,6 +40,8 @@ def settings_label(args: dict) -> str:
 def _cell(row: dict | None) -> list[str]:
     if row is None:
         return ["", "", ""]
+    if row.get("error"):
+        return ["failed", row["error"].replace("|", "/"), ""]
     ratio = f"{row['ratio_to_backbone']:.3f}"
     target = row.get("target_ratio")
     if target:

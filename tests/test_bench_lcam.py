@@ -53,11 +53,16 @@ def test_profile_tables_name_the_operators(fast_settings_run):
     assert not list((folder / "profile").glob("*.trace.json"))  # traces only with --profile_trace
 
 
-def test_reference_settings_are_not_measured_twice(capsys):
-    flags = [*TINY, *QUICK, "--baselines", ""]
+def test_reference_settings_are_not_measured_twice_and_a_failing_measure_is_recorded(capsys):
+    flags = [*TINY, *QUICK, "--baselines", "no_such_method"]
     report = bench_lcam.main(bench_lcam.get_args_parser().parse_args(flags))
-    assert [row["key"] for row in report["rows"]][-2:] == ["train_fm", "train_img"]
-    assert "training step Img (batch 2)" in capsys.readouterr().out
+    assert [row["key"] for row in report["rows"]][-3:] == ["train_fm", "train_img", "baseline_no_such_method"]
+    failed = report["rows"][-1]
+    assert failed["images_per_s"] is None and failed["ratio_to_backbone"] is None
+    assert failed["error"].startswith("ValueError: ") and "no_such_method" in failed["error"]
+    assert all("error" not in row and row["images_per_s"] > 0 for row in report["rows"][:-1])
+    out = capsys.readouterr().out
+    assert "training step Img (batch 2)" in out and "baseline no_such_method" in out and "FAILED: ValueError" in out
 
 
 def test_unknown_family_is_refused():

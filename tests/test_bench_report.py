@@ -35,6 +35,7 @@ LCAM_REPORT = {
         ),
         _row("resnet50", "backbone", "backbone forward", 14000.0, 1.0, peak=800.0),
         _row("resnet50", "train_img", "training step Img", 3000.0, 0.2143, 0.25, 7000.0),
+        _row("resnet50", "baseline_rise", "baseline rise", None, None, error="OutOfMemoryError: a | b"),
     ],
 }
 DATA_REPORT = {
@@ -58,6 +59,7 @@ def test_table_has_a_column_group_per_family_and_the_verdicts():
         "| training step Img | 2800.0 | 0.350 (met >= 0.33) | 9000 (0.50 x ref. settings) "
         "| 3000.0 | 0.214 (missed >= 0.25) | 7000 |"
     )
+    assert lines[6] == "| baseline rise |  |  |  | failed | OutOfMemoryError: a / b |  |"
 
 
 def test_main_renders_both_kinds_and_rejects_other_json(tmp_path, capsys):
