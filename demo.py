@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import time
@@ -38,6 +37,7 @@ from utils.baselines import NormalizedClassifier, build_explainer
 from utils.checkpoint import save_checkpoint
 from utils.digits import CLASS_NAMES, DigitsSplit, load_split, make_digits_dataset
 from utils.evaluation import LCAMExplainer, evaluate, normalize_and_upsample
+from utils.files import write_json
 from utils.localization import LocalizationMeter
 from utils.optim import build_optimizer
 from utils.runtime import resolve_device, seed_everything
@@ -330,8 +330,7 @@ def write_results(rows: list[dict], info: dict[str, Any], output_dir: str) -> st
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump({"info": info, "results": rows}, handle, indent=2)
+    write_json(os.path.join(output_dir, "results.json"), {"info": info, "results": rows})
     header = [
         "method",
         "AD 100% ↓",

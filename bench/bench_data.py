@@ -22,6 +22,7 @@ from PIL import Image
 from bench import bench_lcam
 from utils.data import ImageList, build_loader, eval_transform
 from utils.device_decode import DeviceDecoder, EncodedImageList, collate_encoded
+from utils.files import write_json
 from utils.runtime import resolve_device
 
 
@@ -97,7 +98,7 @@ def main(args: argparse.Namespace) -> dict:
     print(f"device decode+resize+crop:          {on_device:9.1f} img/s  ratio to training {on_device / training:5.2f}")
     print(f"training step {args.arch} ({args.amp}):  {training:9.1f} img/s")
     if args.output:
-        bench_lcam.write_json(args.output, figures)
+        write_json(args.output, figures)
     return figures
 
 

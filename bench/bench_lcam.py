@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import json
 import os
 import platform
 import resource
@@ -31,6 +30,7 @@ import torchvision
 from models import build_model
 from utils.baselines import NormalizedClassifier, build_explainer
 from utils.evaluation import LCAMExplainer, evaluate
+from utils.files import write_json
 from utils.optim import build_optimizer
 from utils.runtime import add_compile_argument, autocast, compile_function, configure_backends, resolve_device
 
@@ -323,13 +323,6 @@ def main(args: argparse.Namespace) -> dict:
     if args.output:
         write_json(args.output, report)
     return report
-
-
-def write_json(path: str, document: dict) -> None:
-    """Write ``document`` to ``path`` (folders created) as indented JSON."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2)
 
 
 if __name__ == "__main__":

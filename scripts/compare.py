@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from utils.evaluation import (
     parse_percentages,
     write_result,
 )
+from utils.files import write_json
 from utils.runtime import AMP_CHOICES, resolve_device, seed_everything
 from utils.visualize import overlay, save_table, to_pil
 
@@ -421,8 +421,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     run = {
         key: value for key, value in vars(args).items() if isinstance(value, (str, int, float, bool, list, type(None)))
     }
-    with open(os.path.join(args.output_dir, "comparison.json"), "w", encoding="utf-8") as handle:
-        json.dump({"run": run, "results": results}, handle, indent=1)
+    write_json(os.path.join(args.output_dir, "comparison.json"), {"run": run, "results": results}, indent=1)
     with open(markdown, encoding="utf-8") as handle:
         print(handle.read())
     print(f"wrote {markdown}, {table}, {chart}, {figure}")

@@ -8,7 +8,6 @@ of the shown crop), and optionally a grid of many classes, all from one forward 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from scripts.evaluate import REPO_ROOT, HelpFormatter
 from utils.cli import run_cli
 from utils.data import IMAGE_EXTENSIONS, ImageList, collate_skip_unreadable, eval_transform, read_datalist
 from utils.evaluation import load_lcam_model, normalize_and_upsample, resolve_checkpoint
+from utils.files import write_json
 from utils.runtime import AMP_CHOICES, autocast, resolve_device
 from utils.visualize import overlay, save_grid, to_pil
 
@@ -317,8 +317,7 @@ def _write_index(path: str, explanations: list[Explanation], unreadable: list[di
         ],
         "unreadable": unreadable,
     }
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=1)
+    write_json(path, document, indent=1)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from utils.errors import state_dict_mismatch
+from utils.files import atomic_open
 
 __all__ = [
     "FORMAT",
@@ -74,16 +75,9 @@ def find_newest_checkpoint(directory: str | os.PathLike) -> str | None:
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> str:
     """Write ``checkpoint`` to ``path`` atomically (a temporary file, then a rename), so an
     interrupted write never leaves a truncated checkpoint. Returns the path."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(checkpoint, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    with atomic_open(path, "wb") as handle:
+        torch.save(checkpoint, handle)
+    return os.fspath(path)
 
 
 def make_checkpoint(

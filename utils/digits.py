@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils.data import ImageList, check_images_exist, read_datalist
+from utils.files import write_json
 
 __all__ = [
     "CLASS_NAMES",
@@ -249,8 +250,7 @@ def make_digits_dataset(
         writer = csv.writer(handle)
         writer.writerow(("image", "split", "label", "x0", "y0", "x1", "y1", "source"))
         writer.writerows(rows)
-    with open(settings_path, "w", encoding="utf-8") as handle:
-        json.dump({"settings": settings, "classes": list(CLASS_NAMES)}, handle, indent=2)
+    write_json(settings_path, {"settings": settings, "classes": list(CLASS_NAMES)})
     return dataset
 
 

@@ -20,7 +20,6 @@ A *classifier* is a callable ``images in [0, 1] -> logits``.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time
@@ -38,6 +37,7 @@ from models.lcam import LCAM, LCAMOutput
 from utils.checkpoint import FORMAT, find_newest_checkpoint, load_checkpoint
 from utils.data import Batch, ImageList, build_loader, eval_transform
 from utils.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
+from utils.files import atomic_open, write_json
 from utils.metrics import average_drop, increase_in_confidence, keep_top, minmax_normalize
 from utils.runtime import autocast, compile_function
 
@@ -471,14 +471,14 @@ def write_result(
         "unreadable": result.unreadable,
         "images": result.records,
     }
-    _write_atomic(output, lambda handle: json.dump(document, handle, indent=1, default=_json_default))
+    write_json(output, document, indent=1, default=_json_default)
     csv_path = os.path.splitext(output)[0] + ".csv"
     keys = [percentage_key(percentage) for percentage in result.percentages]
     header = ["index", "path", "label", "predicted", "y", "top1", "top5"]
     for key in keys:
         header += [f"o@{key}", f"masked_top1@{key}", f"masked_top5@{key}"]
 
-    def write_rows(handle) -> None:
+    with atomic_open(csv_path, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for record in result.records:
@@ -487,8 +487,6 @@ def write_result(
             for key in keys:
                 row += [repr(record["o"][key]), int(record["masked_top1"][key]), int(record["masked_top5"][key])]
             writer.writerow(row)
-
-    _write_atomic(csv_path, write_rows, newline="")
     return output, csv_path
 
 
@@ -496,17 +494,6 @@ def _json_default(value):
     if torch.is_tensor(value):
         return value.tolist()
     return str(value)
-
-
-def _write_atomic(path: str, write: Callable, newline: str | None = None) -> None:
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(temporary, "w", encoding="utf-8", newline=newline) as handle:
-            write(handle)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def build_eval_loader(

@@ -35,6 +35,7 @@ from utils.checkpoint import (
     set_rng_state,
 )
 from utils.data import Batch, describe_unreadable
+from utils.files import atomic_open, write_json
 from utils.optim import adjust_lr, trainable_lrs
 from utils.runtime import DistributedContext, autocast
 
@@ -619,21 +620,16 @@ class _RunLog:
         self._write_csv()
 
     def _write_json(self) -> None:
-        temporary = f"{self.json_path}.tmp-{os.getpid()}"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(self.log, handle, indent=2)
-        os.replace(temporary, self.json_path)
+        write_json(self.json_path, self.log, indent=2)
 
     def _write_csv(self) -> None:
         """Rewrite the CSV from the JSON log's epochs, so a resumed run never leaves a
         missing or duplicated row."""
-        temporary = f"{self.csv_path}.tmp-{os.getpid()}"
-        with open(temporary, "w", encoding="utf-8", newline="") as handle:
+        with atomic_open(self.csv_path, newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(self.columns)
             for entry in self.log["epochs"]:
                 writer.writerow([_csv_value(column, entry) for column in self.columns])
-        os.replace(temporary, self.csv_path)
 
 
 def _csv_value(column: str, entry: dict[str, Any]) -> str:
