@@ -37,7 +37,7 @@ from utils.baselines import NormalizedClassifier, build_explainer
 from utils.checkpoint import save_checkpoint
 from utils.digits import CLASS_NAMES, DigitsSplit, load_split, make_digits_dataset
 from utils.evaluation import LCAMExplainer, evaluate, normalize_and_upsample
-from utils.files import write_json
+from utils.files import atomic_open, write_json
 from utils.localization import LocalizationMeter
 from utils.optim import build_optimizer
 from utils.runtime import resolve_device, seed_everything
@@ -251,7 +251,7 @@ def train_classifier(args, train: DigitsSplit, device: torch.device) -> Normaliz
 def write_model_truth(path: str, split: DigitsSplit, predictions: torch.Tensor, root: str) -> None:
     """The datalist of ``split`` with the classifier's predictions as labels (the reference
     trains L-CAM on these "model truth" labels)."""
-    with open(path, "w", encoding="utf-8") as handle:
+    with atomic_open(path) as handle:
         for image_path, label in zip(split.paths, predictions.tolist()):
             handle.write(f"{os.path.relpath(image_path, root)} {label}\n")
 
@@ -326,7 +326,7 @@ COLUMNS = ("AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "energy_in_box", "p
 
 def write_results(rows: list[dict], info: dict[str, Any], output_dir: str) -> str:
     """results.csv, results.json and results.md; returns the markdown table."""
-    with open(os.path.join(output_dir, "results.csv"), "w", encoding="utf-8", newline="") as handle:
+    with atomic_open(os.path.join(output_dir, "results.csv"), newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -348,7 +348,7 @@ def write_results(rows: list[dict], info: dict[str, Any], output_dir: str) -> st
         values = [f"{row[column]:.1f}" for column in COLUMNS]
         lines.append(f"| {row['name']} | " + " | ".join(values) + f" | {row['images']} |")
     table = "\n".join(lines)
-    with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as handle:
+    with atomic_open(os.path.join(output_dir, "results.md")) as handle:
         handle.write(f"# L-CAM demo results\n\n{table}\n\n")
         handle.write("".join(f"- {key}: {value}\n" for key, value in info.items()))
     return table

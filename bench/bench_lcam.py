@@ -30,7 +30,7 @@ import torchvision
 from models import build_model
 from utils.baselines import NormalizedClassifier, build_explainer
 from utils.evaluation import LCAMExplainer, evaluate
-from utils.files import write_json
+from utils.files import atomic_open, write_json
 from utils.optim import build_optimizer
 from utils.runtime import add_compile_argument, autocast, compile_function, configure_backends, resolve_device
 
@@ -168,7 +168,7 @@ class Bench:
         sort_by = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
         stem = os.path.join(self.args.profile, f"{self.family}_{key}")
         os.makedirs(self.args.profile, exist_ok=True)
-        with open(stem + ".txt", "w", encoding="utf-8") as handle:
+        with atomic_open(stem + ".txt") as handle:
             handle.write(profiler.key_averages().table(sort_by=sort_by, row_limit=40))
         if self.args.profile_trace:
             profiler.export_chrome_trace(stem + ".trace.json")

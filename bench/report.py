@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
+
+from utils.files import atomic_open
 
 FAMILY_NAMES = {"vgg16": "VGG-16", "resnet50": "ResNet-50"}
 
@@ -110,8 +111,7 @@ def main(args: argparse.Namespace) -> str:
     markdown = render(reports)
     print(markdown, end="")
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as handle:
+        with atomic_open(args.output) as handle:
             handle.write(markdown)
     return markdown
 

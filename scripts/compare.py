@@ -42,7 +42,7 @@ from utils.evaluation import (
     parse_percentages,
     write_result,
 )
-from utils.files import write_json
+from utils.files import atomic_open, write_json
 from utils.runtime import AMP_CHOICES, resolve_device, seed_everything
 from utils.visualize import overlay, save_table, to_pil
 
@@ -281,7 +281,7 @@ def write_tables(results: list[dict[str, Any]], percentages: tuple[float, ...], 
     """``comparison.md`` (a markdown table) and ``comparison.csv``; returns their paths."""
     header, rows = _rows(results, percentages)
     markdown = os.path.join(output_dir, "comparison.md")
-    with open(markdown, "w", encoding="utf-8") as handle:
+    with atomic_open(markdown) as handle:
         handle.write("| " + " | ".join(header) + " |\n")
         handle.write("|" + "|".join("---" for _ in header) + "|\n")
         for row in rows:
@@ -292,7 +292,7 @@ def write_tables(results: list[dict[str, Any]], percentages: tuple[float, ...], 
             "eval img/s: the whole protocol (plain and masked passes included).\n"
         )
     table = os.path.join(output_dir, "comparison.csv")
-    with open(table, "w", encoding="utf-8", newline="") as handle:
+    with atomic_open(table, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)

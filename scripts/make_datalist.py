@@ -36,6 +36,7 @@ from utils.data import (
     folder_samples,
     read_datalist,
 )
+from utils.files import atomic_open
 from utils.runtime import AMP_CHOICES, autocast, resolve_device, seed_everything
 
 __all__ = ["BACKBONES", "get_args_parser", "main", "make_train_list", "make_val_list", "read_ground_truth"]
@@ -213,7 +214,7 @@ def make_val_list(args: argparse.Namespace) -> str:
         raise ValueError(f"--num_images {args.num_images} but only {len(candidates)} labelled images remain")
     chosen = random.Random(args.seed).sample(candidates, args.num_images)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)) or ".", exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as handle:
+    with atomic_open(args.output) as handle:
         handle.writelines(f"{name} {label}\n" for name, label in chosen)
     print(f"wrote {len(chosen)} of {len(candidates)} images to {args.output}")
     return args.output

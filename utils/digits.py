@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils.data import ImageList, check_images_exist, read_datalist
-from utils.files import write_json
+from utils.files import atomic_open, write_json
 
 __all__ = [
     "CLASS_NAMES",
@@ -244,9 +244,9 @@ def make_digits_dataset(
             Image.fromarray(np.round(canvas.image * 255).astype(np.uint8), mode="L").save(os.path.join(root, relative))
             lines.append(f"{relative} {labels[source]}\n")
             rows.append((relative, split, int(labels[source]), *canvas.box, source))
-        with open(os.path.join(root, f"{split}.txt"), "w", encoding="utf-8") as handle:
+        with atomic_open(os.path.join(root, f"{split}.txt")) as handle:
             handle.writelines(lines)
-    with open(dataset.boxes_file, "w", encoding="utf-8", newline="") as handle:
+    with atomic_open(dataset.boxes_file, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(("image", "split", "label", "x0", "y0", "x1", "y1", "source"))
         writer.writerows(rows)
