@@ -71,7 +71,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="skip the training steps in the reference's settings (fp32, contiguous, unfused SGD, eager)",
     )
     parser.add_argument(
-        "--profile", default="", metavar="DIR", help="write a torch.profiler table (and trace) per measure to DIR"
+        "--profile",
+        default="",
+        metavar="DIR",
+        help="write a torch.profiler table per measure to DIR (top operators: where the time goes)",
     )
     parser.add_argument("--profile_iters", type=int, default=3, help="profiled iterations per measure")
     parser.add_argument("--profile_trace", action="store_true", help="with --profile: also write Chrome traces")
