@@ -194,7 +194,7 @@ def _decode_one(data: torch.Tensor, device: torch.device, jpeg: bool) -> tuple[t
         with _torchvision_io():
             if jpeg:
                 return torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=device), ""
-            return torchvision.io.decode_image(data, mode=ImageReadMode.RGB).to(device), ""
+            return torchvision.io.decode_image(data, mode=ImageReadMode.RGB).to(device, non_blocking=True), ""
     except RuntimeError as error:
         return None, f"RuntimeError: {str(error).splitlines()[0]}"
 
