@@ -1,16 +1,47 @@
-"""Running a script's ``main``: a user's mistake ends it with one ``error:`` line."""
+"""Running a script's ``main``: a user's mistake ends it with one ``error:`` line, and
+warnings print as one ``warning:`` line each, above any progress bar."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["USER_ERRORS", "run_cli"]
+from utils.errors import UserError
 
-# Bad values and types, missing files, a loss that became NaN (FloatingPointError).
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError)
+__all__ = ["USER_ERRORS", "one_line_warnings", "run_cli"]
+
+# Mistakes a user can fix: the project's UserError, and the bad values, types and missing
+# files that argument checking and the standard library report, a loss that became NaN
+# (FloatingPointError), an output that cannot be written (PermissionError).
+USER_ERRORS = (UserError, ValueError, TypeError, FileNotFoundError, PermissionError, FloatingPointError)
+
+
+def _write_above_progress(text: str) -> None:
+    """Print ``text`` to stderr without breaking a tqdm progress bar that is on screen."""
+    try:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        print(text, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def one_line_warnings(prog: str) -> Iterator[None]:
+    """Within the block, each warning prints as ``<prog>: warning: <message>`` on one
+    line (no source line, no file path), through tqdm so a progress bar stays intact."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        _write_above_progress(f"{prog}: warning: {text}")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def run_cli(
@@ -21,15 +52,18 @@ def run_cli(
 ) -> Any:
     """Parse ``argv`` (default: ``sys.argv``) and return ``main(args)``.
 
-    An error of :data:`USER_ERRORS` prints ``<prog>: error: <message>`` and exits with
-    status 2 (as argparse does for bad flags); Ctrl-C prints ``<prog>: interrupted`` plus
+    An error of :data:`USER_ERRORS` prints ``<prog>: error: <message>`` on one line and exits
+    with status 2 (as argparse does for bad flags); Ctrl-C prints ``<prog>: interrupted`` plus
     ``interrupted_hint`` and exits with 130. Other exceptions propagate with their traceback.
+    Warnings print as one line each (:func:`one_line_warnings`).
     """
     args = parser.parse_args(argv)
     try:
-        return main(args)
+        with one_line_warnings(parser.prog):
+            return main(args)
     except USER_ERRORS as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted{interrupted_hint}", file=sys.stderr)

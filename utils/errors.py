@@ -1,12 +1,54 @@
-"""One-line descriptions of what is wrong, for error messages."""
+"""What a user can get wrong, and one-line descriptions of it for error messages.
+
+:class:`UserError` marks a mistake the user can fix (a bad flag value, a missing or foreign
+file, a malformed datalist line); the command-line tools print it as one line. Anything
+else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 
 import torch
 
-__all__ = ["abbreviate", "state_dict_mismatch"]
+__all__ = [
+    "UserError",
+    "UserFileNotFoundError",
+    "UserTypeError",
+    "UserValueError",
+    "abbreviate",
+    "closest_names",
+    "state_dict_mismatch",
+]
+
+
+class UserError(Exception):
+    """A mistake the user can fix; its message is one line that says what and how."""
+
+
+class UserValueError(UserError, ValueError):
+    """A bad value (a flag, a datalist line, a checkpoint's contents)."""
+
+
+class UserTypeError(UserError, TypeError):
+    """A value of the wrong kind."""
+
+
+class UserFileNotFoundError(UserError, FileNotFoundError):
+    """A file or folder the user named that does not exist."""
+
+
+def closest_names(name: str, choices: Iterable[str], count: int = 3) -> str:
+    """``"did you mean 'resnet18', 'resnet34'?"`` for the names closest to ``name``, or a
+    short list of ``choices`` when none is close."""
+    choices = sorted(set(choices))
+    matches = difflib.get_close_matches(name, choices, n=count, cutoff=0.5)
+    if not matches:
+        lowered = name.lower()
+        matches = [choice for choice in choices if lowered in choice.lower()][:count]
+    if matches:
+        return "did you mean " + ", ".join(repr(match) for match in matches) + "?"
+    return f"valid names: {abbreviate(choices, shown=6)}"
 
 
 def abbreviate(items: Iterable[str], shown: int = 4) -> str:
