@@ -1,5 +1,6 @@
-"""Writing result files atomically: a temporary file beside the target, then a rename, so
-an interrupted run never leaves a truncated checkpoint, log or result."""
+"""Writing result files atomically (a temporary file beside the target, then a rename, so
+an interrupted run never leaves a truncated checkpoint, log or result), and checking that
+an output can be written before the long work that produces it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,39 @@ import os
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-__all__ = ["atomic_open", "write_json"]
+from utils.errors import UserError
+
+__all__ = ["atomic_open", "ensure_writable", "write_json"]
+
+
+def ensure_writable(path: str | os.PathLike, flag: str, is_folder: bool = False) -> str:
+    """Check, before any long work, that ``path`` (a file, or a folder with ``is_folder``)
+    can be written: its folder is created and a probe file is written there and removed.
+
+    Args:
+        path: the output file or folder.
+        flag: the command-line flag that sets it (named in the error, e.g. ``"--output"``).
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        UserError: one line naming the path, the flag and the reason.
+    """
+    path = os.fspath(path)
+    folder = path if is_folder else (os.path.dirname(os.path.abspath(path)) or ".")
+    if not is_folder and os.path.isdir(path):
+        raise UserError(f"cannot write {path!r} ({flag}): it is a folder; give a file name")
+    probe = os.path.join(folder, f".write-check-{os.getpid()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, "w", encoding="utf-8") as handle:
+            handle.write("")
+        os.remove(probe)
+    except OSError as error:
+        reason = error.strerror or error.__class__.__name__
+        raise UserError(f"cannot write to {folder!r} ({flag}): {reason}; choose another folder with {flag}") from None
+    return path
 
 
 @contextlib.contextmanager
