@@ -17,6 +17,7 @@ imputer draws noise from torch's global generator: :func:`road_scores` seeds it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -54,7 +55,10 @@ def road_scores(
         maps = normalize_and_upsample(maps.detach(), images.shape[-2:])[:, 0].cpu().numpy()
     targets = [ClassifierOutputSoftmaxTarget(int(k)) for k in classes]
     torch.manual_seed(seed)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # pytorch-grad-cam's imputer calls np.argwhere on torch tensors, which NumPy 2 flags
+        # as deprecated once per image; the results are unaffected.
+        warnings.filterwarnings("ignore", message="__array_wrap__ must accept context", category=DeprecationWarning)
         morf = ROADMostRelevantFirstAverage(list(percentiles))(images, maps, targets, classifier)
         lerf = ROADLeastRelevantFirstAverage(list(percentiles))(images, maps, targets, classifier)
     morf, lerf = (
