@@ -2,8 +2,8 @@
 
 One script for the nine variants (``--arch`` names the file in ``models/``), on one device
 or, through ``torchrun``, on several (DistributedDataParallel, only rank 0 writes).
-Defaults are the authors' (SPEC sections 2-4, 6-7); ``python train_L_CAM.py --help``
-explains every flag.
+Defaults are the authors' (loss, optimiser, data and checkpoints of their code);
+``python train_L_CAM.py --help`` explains every flag.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import warnings
 import torch
 
 from models import ARCH_CHOICES, GENERIC, build_model
-from utils.checkpoint import find_newest_checkpoint
+from utils.checkpoint import list_checkpoints
 from utils.cli import run_cli
 from utils.data import (
     ImageList,
@@ -28,6 +28,7 @@ from utils.data import (
     train_transform,
 )
 from utils.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
+from utils.files import ensure_writable
 from utils.optim import build_optimizer
 from utils.runtime import (
     AMP_CHOICES,
@@ -39,7 +40,14 @@ from utils.runtime import (
     init_distributed,
     seed_everything,
 )
-from utils.training import TrainOptions, TrainState, fit, resume_training
+from utils.training import (
+    TrainOptions,
+    TrainState,
+    archive_previous_run,
+    check_no_previous_run,
+    fit,
+    resume_training,
+)
 
 ROOT_DIR = os.path.dirname(os.path.abspath(__file__))
 REFERENCE_EPOCHS = {"VGG16": 8, "ResNet50": 26, GENERIC: 8}
@@ -94,7 +102,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         type=_true_false,
         default="True",
         help="'True': continue from the newest checkpoint of --snapshot_dir (or --restore_from) when there is one; "
-        "'False': start from scratch",
+        "'False': start from scratch, in a --snapshot_dir that holds no earlier run (see --archive_old)",
+    )
+    paths.add_argument(
+        "--archive_old",
+        action="store_true",
+        help="with --resume False: move an earlier run's checkpoints, train_record.csv and train_log.json in "
+        "--snapshot_dir into a new subfolder archived-YYYYmmdd-HHMMSS/ before starting (without it, such a "
+        "folder is refused; nothing is ever overwritten)",
+    )
+    paths.add_argument(
+        "--skip_missing",
+        action="store_true",
+        help="train without the listed images that do not exist (one warning) instead of refusing to start",
     )
     paths.add_argument("--dataset", default="imagenet", help="dataset name, recorded (reference flag)")
 
@@ -198,7 +218,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="also write the reference's full-model snapshot imagenet_epoch_{E}_glo_step_{S}.pth.tar each epoch",
     )
     extra.add_argument(
-        "--save_every", type=int, default=0, help="also save a mid-epoch checkpoint every N global steps (0: off)"
+        "--save_every",
+        type=int,
+        default=0,
+        help="also save a mid-epoch checkpoint lcam_epoch_{E}_glo_step_{S}_mid.pth.tar every N global steps "
+        "(0: off); --resume True continues from it, evaluation takes the newest end-of-epoch checkpoint",
     )
     extra.add_argument(
         "--stop_after_step",
@@ -246,6 +270,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"'--crop_size' {args.crop_size} is larger than '--input_size' {args.input_size}")
     if args.restore_from and args.resume == "False":
         raise ValueError("'--restore_from' given with '--resume False': drop one of them")
+    if args.archive_old and args.resume == "True":
+        raise ValueError("'--archive_old' applies to a fresh start: add '--resume False', or drop '--archive_old'")
     if args.num_workers is not None and args.num_workers < 0:
         raise ValueError(f"'--num_workers' must be >= 0, got {args.num_workers}")
     return args
@@ -270,8 +296,11 @@ def main(args: argparse.Namespace) -> list[dict]:
                 "--num_gpu is ignored: start several processes with torchrun --nproc_per_node N", stacklevel=1
             )
 
+    if not args.restore_from:  # before any work: a new run never writes over an earlier one
+        check_no_previous_run(args.snapshot_dir, fresh_start=args.resume == "False", archive_old=args.archive_old)
     samples = samples_from(args.train_list, args.img_dir, args.num_classes)
-    check_images_exist(samples, args.train_list)
+    samples = check_images_exist(samples, args.train_list, skip_missing=args.skip_missing)
+    ensure_writable(args.snapshot_dir, "--snapshot_dir", is_folder=True)
 
     seed_everything(args.seed)  # every process builds the same model
     settings = {"mask_loss_maps": args.mask_loss_maps}
@@ -306,6 +335,10 @@ def main(args: argparse.Namespace) -> list[dict]:
         if dist.is_main:
             print(f"nothing to do: {state.epoch} of {args.epoch} epochs already trained")
         return []
+    if args.archive_old and dist.is_main:
+        archive = archive_previous_run(args.snapshot_dir)
+        if archive:
+            print(f"=> moved the earlier run's files into {archive}", flush=True)
 
     loader = _build_train_loader(samples, args, device, dist)
     forward_model = model
@@ -349,21 +382,16 @@ def _build_train_loader(samples, args: argparse.Namespace, device: torch.device,
 
 
 def _checkpoint_to_resume(args: argparse.Namespace) -> str | None:
-    """The checkpoint ``--resume``/``--restore_from`` ask for, or None to start afresh."""
+    """The checkpoint file, or the folder whose newest checkpoint ``--resume``/``--restore_from``
+    ask for, or None to start afresh."""
     if args.resume == "False":
-        if os.path.isdir(args.snapshot_dir) and find_newest_checkpoint(args.snapshot_dir):
-            warnings.warn(
-                f"--resume False but {args.snapshot_dir} holds checkpoints: they are kept, and a later "
-                "--resume True picks the one with the highest global step",
-                stacklevel=2,
-            )
         return None
     if args.restore_from:
         if not os.path.isfile(args.restore_from):
             raise FileNotFoundError(f"'--restore_from' checkpoint not found: {args.restore_from!r}")
         return args.restore_from
-    if os.path.isdir(args.snapshot_dir):
-        return find_newest_checkpoint(args.snapshot_dir)
+    if os.path.isdir(args.snapshot_dir) and list_checkpoints(args.snapshot_dir, mid_epoch=True):
+        return args.snapshot_dir
     return None
 
 

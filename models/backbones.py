@@ -15,12 +15,24 @@ import torchvision
 from torch import nn
 
 from models.lcam import LCAM
-from utils.errors import state_dict_mismatch
+from utils.checkpoint import CheckpointReadError, read_torch_file
+from utils.errors import (
+    UserError,
+    UserFileNotFoundError,
+    UserTypeError,
+    UserValueError,
+    abbreviate,
+    state_dict_mismatch,
+)
 
-__all__ = ["ResNet50LCAM", "VGG16LCAM", "load_torchvision_classifier"]
+__all__ = ["ResNet50LCAM", "VGG16LCAM", "WeightsDownloadError", "load_torchvision_classifier", "read_state_dict"]
 
 VGG16_CONV5_3 = 30  # features[:30]: conv5_3 + ReLU, 14 x 14 at 224 px
 VGG16_POOL5 = 31  # features[:31]: after the last max-pool, 7 x 7 at 224 px
+
+
+class WeightsDownloadError(UserError, RuntimeError):
+    """torchvision could not download a backbone's weights (no internet, a proxy, a full disk)."""
 
 
 def load_torchvision_classifier(
@@ -37,54 +49,80 @@ def load_torchvision_classifier(
         pretrained: ``True`` = the ImageNet weights the reference used (``IMAGENET1K_V1``,
             downloaded by torchvision on first use); ``False``/``None``/``"none"`` = random
             init; the name of a member of ``weights_enum`` (``"IMAGENET1K_V2"``); or a path
-            to a torchvision-format state_dict.
+            to a torchvision-format state_dict. (The commands' ``--backbone_weights``.)
 
     Returns:
         The model and a string naming its weights (stored in checkpoints).
 
     Raises:
         FileNotFoundError: a path that does not exist.
-        RuntimeError: torchvision could not download the weights.
-        ValueError: ImageNet weights asked for with ``num_classes != 1000``.
+        WeightsDownloadError: torchvision could not download the weights (a RuntimeError).
+        ValueError: ImageNet weights asked for with ``num_classes != 1000``; a weights file
+            that is not a state_dict of this network (one line each).
     """
     if pretrained is True:
         pretrained = "IMAGENET1K_V1"
     if pretrained is None or pretrained is False or pretrained == "none":
         return builder(weights=None, num_classes=num_classes), "none"
     if not isinstance(pretrained, (str, os.PathLike)):
-        raise TypeError(f"'pretrained' must be a bool, a weights name or a path, got {type(pretrained).__name__}")
+        raise UserTypeError(f"'pretrained' must be a bool, a weights name or a path, got {type(pretrained).__name__}")
     if isinstance(pretrained, str) and pretrained in weights_enum.__members__:
         if num_classes != 1000:
-            raise ValueError(
-                f"'pretrained={pretrained}' are ImageNet weights with 1000 classes, but num_classes={num_classes}; "
-                "use pretrained=False or a state_dict with that many classes"
+            raise UserValueError(
+                f"the {weights_enum.__name__}.{pretrained} backbone weights are ImageNet weights with 1000 classes, "
+                f"but num_classes={num_classes} (--num_classes): pass --backbone_weights none (pretrained=False) "
+                f"for a randomly initialised backbone, or --backbone_weights PATH (pretrained=PATH) to a "
+                f"{builder.__name__} state_dict with {num_classes} classes"
             )
         weights = weights_enum[pretrained]
         try:
             state_dict = weights.get_state_dict(progress=True)
         except Exception as error:  # network, proxy, disk: all mean the same to the user
-            raise RuntimeError(
-                f"could not download the {weights_enum.__name__}.{pretrained} weights ({error.__class__.__name__}: "
-                f"{error}); connect to the internet, or pass pretrained=<path to a torchvision state_dict>"
-            ) from error
+            reason = " ".join(str(getattr(error, "reason", error)).split())[:120]
+            raise WeightsDownloadError(
+                f"could not download the {weights_enum.__name__}.{pretrained} backbone weights "
+                f"({error.__class__.__name__}: {reason}); connect to the internet once (torchvision keeps them in "
+                f"{torch.hub.get_dir()}), or pass --backbone_weights PATH (pretrained=PATH) to a {builder.__name__} "
+                "state_dict file, or --backbone_weights none (pretrained=False) for random weights"
+            ) from None
         return _with_weights(builder, num_classes, state_dict), f"{weights_enum.__name__}.{pretrained}"
     path = os.fspath(pretrained)
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"backbone weights file not found: {path!r} (expected a torchvision state_dict, a name in "
-            f"{list(weights_enum.__members__)}, True or False)"
+        raise UserFileNotFoundError(
+            f"backbone weights file not found: {path!r} (--backbone_weights takes a {builder.__name__} state_dict "
+            f"file, a weights name of {list(weights_enum.__members__)}, or none)"
         )
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state_dict, dict) and "state_dict" in state_dict:
-        state_dict = state_dict["state_dict"]
+    state_dict = read_state_dict(path, builder.__name__)
+    return _with_weights(builder, num_classes, state_dict, source=path), os.path.abspath(path)
+
+
+def read_state_dict(path: str | os.PathLike, network_name: str) -> dict[str, torch.Tensor]:
+    """The state_dict in a backbone weights file (plain, or under a ``"state_dict"`` key).
+
+    Raises:
+        ValueError: the file cannot be read (empty, truncated, text, foreign pickle: one line
+            saying which, see :func:`utils.checkpoint.read_torch_file`) or holds no state_dict.
+    """
+    path = os.fspath(path)
     try:
-        model = _with_weights(builder, num_classes, state_dict)
-    except ValueError as error:
-        raise ValueError(f"{path!r} is not a torchvision {builder.__name__} state_dict: {error}") from error
-    return model, os.path.abspath(path)
+        state_dict = read_torch_file(path)
+    except CheckpointReadError as error:
+        raise UserValueError(f"{path}: backbone weights (--backbone_weights) unreadable: {error.reason}") from None
+    if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
+        state_dict = state_dict["state_dict"]
+    if not isinstance(state_dict, dict) or not state_dict or not all(map(torch.is_tensor, state_dict.values())):
+        kind = (
+            f"a dict with keys {abbreviate(sorted(map(str, state_dict)))}"
+            if isinstance(state_dict, dict)
+            else (f"a {type(state_dict).__name__}")
+        )
+        raise UserValueError(
+            f"{path}: not a {network_name} state_dict (--backbone_weights): it holds {kind}, not parameter tensors"
+        )
+    return state_dict
 
 
-def _with_weights(builder: Callable[..., nn.Module], num_classes: int, state_dict: dict) -> nn.Module:
+def _with_weights(builder: Callable[..., nn.Module], num_classes: int, state_dict: dict, source: str = "") -> nn.Module:
     """The model built without its (slow, discarded) random init, holding ``state_dict``.
 
     Raises:
@@ -94,7 +132,8 @@ def _with_weights(builder: Callable[..., nn.Module], num_classes: int, state_dic
         model = builder(weights=None, num_classes=num_classes)
     problem = state_dict_mismatch(model.state_dict(), state_dict)
     if problem:
-        raise ValueError(problem)
+        where = f"{source!r} is" if source else "the weights are"
+        raise UserValueError(f"{where} not a torchvision {builder.__name__} state_dict: {problem}")
     model.load_state_dict(state_dict, assign=True)
     return model
 

@@ -53,8 +53,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import fx, nn
 
-from models.backbones import load_torchvision_classifier
+from models.backbones import load_torchvision_classifier, read_state_dict
 from models.lcam import LCAM, variant
+from utils.errors import UserFileNotFoundError, UserValueError, closest_names, state_dict_mismatch
 
 __all__ = [
     "GENERIC_ARCH",
@@ -129,9 +130,9 @@ def load_network(backbone: str | nn.Module, pretrained=False, num_classes: int |
         return network, _load_custom_weights(network, pretrained, backbone)
     names = torchvision_classifiers()
     if backbone not in names:
-        raise ValueError(
-            f"unknown backbone {backbone!r}: give a torchvision classification model ({', '.join(names)}) "
-            "or 'package.module:callable' returning an nn.Module"
+        raise UserValueError(
+            f"unknown backbone {backbone!r} (--backbone takes a torchvision classification model name or "
+            f"'package.module:callable' returning an nn.Module); {closest_names(backbone, names)}"
         )
     builder = torchvision.models.get_model_builder(backbone)
     weights_enum = torchvision.models.get_model_weights(backbone)
@@ -167,10 +168,11 @@ def _load_custom_weights(network: nn.Module, pretrained, source: str) -> str:
         return "as built"
     path = os.fspath(pretrained)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file for {source} not found: {path!r}")
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state_dict, dict) and "state_dict" in state_dict:
-        state_dict = state_dict["state_dict"]
+        raise UserFileNotFoundError(f"weights file for {source} not found: {path!r} (--backbone_weights)")
+    state_dict = read_state_dict(path, source)
+    problem = state_dict_mismatch(network.state_dict(), state_dict)
+    if problem:
+        raise UserValueError(f"{path!r} is not a state_dict of {source} (--backbone_weights): {problem}")
     network.load_state_dict(state_dict)
     return os.path.abspath(path)
 

@@ -168,7 +168,7 @@ def test_missing_and_unreadable_checkpoints(tmp_path, make_model):
     with pytest.raises(FileNotFoundError, match="no .pth.tar checkpoint in directory"):
         load_checkpoint(tmp_path, model)
     (tmp_path / "broken.pth.tar").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="broken.pth.tar: not a readable checkpoint"):
+    with pytest.raises(ValueError, match="broken.pth.tar: a text file, not a checkpoint"):
         load_checkpoint(tmp_path / "broken.pth.tar", model)
 
 
@@ -204,6 +204,6 @@ def test_download_failure_is_one_line(monkeypatch):
 
     monkeypatch.setattr(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
     with pytest.raises(
-        RuntimeError, match="could not download the ResNet50_Weights.IMAGENET1K_V1 weights .*pretrained=<path"
+        RuntimeError, match="could not download the ResNet50_Weights.IMAGENET1K_V1 backbone weights .*--backbone_weights PATH"
     ):
         build_model("ResNet50_L_CAM_Fm", pretrained=True)

@@ -81,7 +81,7 @@ def _own_upsampled(c, labels, size):
 
 
 def _vgg_reference_forward(model, x, labels, feature_end, apply_to):
-    """The reference VGG-16 forward written out from SPEC section 1, on a torchvision
+    """The reference VGG-16 forward written out step by step, on a torchvision
     VGG-16 holding the same weights."""
     vgg, conv = _torchvision_copy(torchvision.models.vgg16, model)
     features = vgg.features[:feature_end]

@@ -81,7 +81,7 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(jpeg_tree, tmp_path, on
     )
     assert sorted(name for name in os.listdir(tmp_path / "steps") if name.endswith(".tar")) == [
         "lcam_epoch_0_glo_step_3.pth.tar",
-        "lcam_epoch_1_glo_step_4.pth.tar",
+        "lcam_epoch_1_glo_step_4_mid.pth.tar",
     ]
     train_L_CAM.main(_args(datalist, root, tmp_path / "steps", "--epoch", "2", "--num_workers", "1"))
 
@@ -92,7 +92,7 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(jpeg_tree, tmp_path, on
             assert torch.equal(resumed[key], value), (run, key)
         rows = (tmp_path / run / "train_record.csv").read_text()
         assert rows == (tmp_path / "straight" / "train_record.csv").read_text()
-    assert "lcam_epoch_1_glo_step_4.pth.tar" not in os.listdir(tmp_path / "steps")  # superseded mid-epoch file
+    assert "lcam_epoch_1_glo_step_4_mid.pth.tar" not in os.listdir(tmp_path / "steps")  # superseded mid-epoch file
     assert train_L_CAM.main(_args(datalist, root, tmp_path / "straight", "--epoch", "2")) == []  # nothing left
 
 

@@ -214,7 +214,7 @@ def test_mid_epoch_checkpoint_needs_the_same_batch_size(model, jpeg_tree, tmp_pa
     snap = str(tmp_path / "snap")
     options = TrainOptions(device=CPU, snapshot_dir=snap, save_every=1, stop_after_step=1, progress=False)
     fit(model, _loader(samples), build_optimizer(model, 1e-4), 1, options)
-    assert os.listdir(snap).count("lcam_epoch_0_glo_step_1.pth.tar") == 1
+    assert os.listdir(snap).count("lcam_epoch_0_glo_step_1_mid.pth.tar") == 1
     with pytest.raises(ValueError, match="saved mid-epoch with batch_size 4 on 1 process"):
         resume_training(snap, model, build_optimizer(model, 1e-4), batch_size=2)
     state, _ = resume_training(snap, model, build_optimizer(model, 1e-4), batch_size=4)

@@ -10,6 +10,7 @@ Images enter the model as RGB tensors in [0, 1]; the model normalises them itsel
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable, NamedTuple
 
@@ -17,6 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms
+
+from utils.errors import UserFileNotFoundError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -119,18 +122,59 @@ def samples_from(
     return read_datalist(source, img_dir, num_classes)
 
 
-def check_images_exist(samples: Sequence[Sample], source: str = "the datalist") -> None:
-    """Fail before any work starts when images of ``source`` are missing.
+def check_images_exist(
+    samples: Sequence[Sample], source: str | os.PathLike = "the datalist", skip_missing: bool = False
+) -> list[Sample]:
+    """The samples whose image file exists, checked before any work starts.
+
+    Listed images that are missing stop the run, with one line naming ``source``'s
+    ``file:line`` of the first missing images and how many are missing; with
+    ``skip_missing`` they are left out with one warning instead (the ``--skip_missing``
+    flag of the commands).
+
+    Returns:
+        The samples, without the missing ones (all of them when none is missing).
 
     Raises:
-        FileNotFoundError: naming the first missing image and how many are missing.
+        FileNotFoundError: images are missing and ``skip_missing`` is False, or none of
+            them exists.
     """
-    missing = [path for path, _ in samples if not os.path.isfile(path)]
-    if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise FileNotFoundError(
-            f"{source}: image not found: {missing[0]!r}{more} ({len(missing)} of {len(samples)} missing)"
-        )
+    source = os.fspath(source)
+    missing = [position for position, (path, _) in enumerate(samples) if not os.path.isfile(path)]
+    if not missing:
+        return list(samples)
+    line_numbers = _datalist_line_numbers(source, len(samples))
+
+    def place(position: int) -> str:
+        return f"{source}:{line_numbers[position]}" if line_numbers else source
+
+    first_path = samples[missing[0]][0]
+    counted = f"{len(missing)} of {len(samples)} listed images are missing"
+    if skip_missing and len(missing) < len(samples):
+        warnings.warn(f"{counted}, left out (--skip_missing); first: {place(missing[0])}: {first_path!r}", stacklevel=2)
+        left_out = set(missing)
+        return [sample for position, sample in enumerate(samples) if position not in left_out]
+    others = ""
+    if len(missing) > 1 and line_numbers:
+        numbers = [str(line_numbers[position]) for position in missing[1:]]
+        more = f" and {len(numbers) - 3} more" if len(numbers) > 3 else ""
+        others = f" (also line{'s' if len(numbers) > 1 else ''} {', '.join(numbers[:3])}{more})"
+    way_on = (
+        "check --img_dir"
+        if len(missing) == len(samples)
+        else "check --img_dir, or pass --skip_missing to go on without them"
+    )
+    raise UserFileNotFoundError(f"{place(missing[0])}: image not found: {first_path!r}; {counted}{others}; {way_on}")
+
+
+def _datalist_line_numbers(source: str, entries: int) -> list[int] | None:
+    """The line number of each entry of a datalist (its non-blank lines, as
+    :func:`read_datalist` reads them); None for a folder or a list of another length."""
+    if not os.path.isfile(source):
+        return None
+    with open(source, encoding="utf-8") as handle:
+        numbers = [number for number, line in enumerate(handle, start=1) if line.strip()]
+    return numbers if len(numbers) == entries else None
 
 
 def train_transform(input_size: int = 256, crop_size: int = 224) -> Callable:

@@ -1,5 +1,6 @@
 """The training loop of an L-CAM head: one epoch, the epoch loop with checkpoints and
-exact resume, the train_record.csv / JSON logs, and a clean command-line error exit.
+exact resume, the train_record.csv / JSON logs, and the guard that keeps a new run from
+writing over an earlier one.
 
 It works on any :class:`models.lcam.LCAM` model (the nine reference variants and others):
 the model, its optimizer and the loader are arguments. One optimizer step per batch:
@@ -26,33 +27,42 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.checkpoint import (
+    SUFFIX,
+    CheckpointReadError,
     _unwrap,
     checkpoint_name,
     get_rng_state,
+    list_checkpoints,
     load_checkpoint,
     make_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
 from utils.data import Batch, describe_unreadable
+from utils.errors import UserError, UserFileNotFoundError, UserValueError, abbreviate
 from utils.files import atomic_open, write_json
 from utils.optim import adjust_lr, trainable_lrs
 from utils.runtime import DistributedContext, autocast
 
 __all__ = [
+    "ARCHIVE_PREFIX",
     "CSV_NAME",
     "LOG_NAME",
     "EpochMeter",
     "NonFiniteLossError",
     "TrainOptions",
     "TrainState",
+    "archive_previous_run",
+    "check_no_previous_run",
     "fit",
+    "previous_run_files",
     "resume_training",
     "train_one_epoch",
 ]
 
 CSV_NAME = "train_record.csv"
 LOG_NAME = "train_log.json"
+ARCHIVE_PREFIX = "archived-"  # + YYYYmmdd-HHMMSS: where --archive_old moves an earlier run
 SINGLE_PROCESS = DistributedContext(0, 0, 1, torch.device("cpu"))
 # The reference's train_record.csv columns (L-CAM loss, and the CE-only "A" variants).
 _CSV_COLUMNS = {
@@ -147,6 +157,10 @@ class EpochMeter:
     def restore(self, sums: dict[str, float] | None) -> None:
         """Start from sums saved in a mid-epoch checkpoint (see :meth:`state`)."""
         self._restored = dict(sums or {})
+
+    def images_this_run(self) -> int:
+        """Images counted by :meth:`update` (not the restored ones of an earlier run)."""
+        return 0 if self._sums is None else int(self._sums[0])
 
     def state(self) -> dict[str, float]:
         """The raw sums as plain numbers (for a mid-epoch checkpoint)."""
@@ -354,7 +368,7 @@ def resume_training(
     batch_size: int | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
     """Restore model, optimizer, scaler and RNG state from a checkpoint file or the newest
-    one of a directory, and say where training continues.
+    one of a directory (mid-epoch ones included), and say where training continues.
 
     A checkpoint written at the end of epoch E continues at epoch E + 1; a mid-epoch one
     continues in epoch E after the batches it had done. The authors' snapshots carry
@@ -362,10 +376,22 @@ def resume_training(
 
     Raises:
         FileNotFoundError: no such checkpoint.
+        CheckpointReadError: the file cannot be read; when it is the newest of a directory,
+            the message names the older checkpoints there and ``--restore_from``.
         ValueError: a mid-epoch checkpoint resumed with another batch size or number of
             processes (its position in the epoch would not mean the same).
     """
-    metadata = load_checkpoint(path_or_dir, model, optimizer)
+    path = os.fspath(path_or_dir)
+    if os.path.isdir(path):
+        newest_first = list_checkpoints(path, mid_epoch=True)
+        if not newest_first:
+            raise UserFileNotFoundError(f"no {SUFFIX} checkpoint in directory {path!r}")
+        try:
+            metadata = load_checkpoint(newest_first[0], model, optimizer)
+        except CheckpointReadError as error:
+            raise _newest_unreadable(error, path, newest_first[1:]) from None
+    else:
+        metadata = load_checkpoint(path, model, optimizer)
     progress = metadata.get("progress") or {}
     epoch = int(metadata.get("epoch", -1))
     counter = int(metadata.get("global_counter", 0))
@@ -387,6 +413,105 @@ def resume_training(
     failed = [(int(index), str(reason)) for index, reason in progress.get("failed", [])]
     state = TrainState(epoch, int(progress["batches_done"]), counter, progress.get("sums"), failed, metadata["path"])
     return state, metadata
+
+
+def _newest_unreadable(error: CheckpointReadError, directory: str, older: list[str]) -> CheckpointReadError:
+    """The error of an unreadable newest checkpoint, saying how to go on from an older one."""
+    if older:
+        names = abbreviate([os.path.basename(name) for name in older], shown=3)
+        way_on = (
+            f"continue from an older one with --restore_from {older[0]} (older checkpoints there: {names}), "
+            f"and move the damaged file out of {directory} so that --resume True no longer picks it"
+        )
+    else:
+        way_on = (
+            f"there is no older checkpoint in {directory}: move the damaged file away and start again with "
+            "--resume False --archive_old, or start a fresh run with --snapshot_dir NEW"
+        )
+    return CheckpointReadError(
+        error.path, f"{error.reason}; it is the newest checkpoint of --snapshot_dir, so --resume True stops: {way_on}"
+    )
+
+
+def previous_run_files(snapshot_dir: str | os.PathLike) -> list[str]:
+    """Names of the files an earlier run left in ``snapshot_dir``: its checkpoints (any
+    ``.pth.tar``), ``train_record.csv`` and ``train_log.json``."""
+    snapshot_dir = os.fspath(snapshot_dir)
+    if not os.path.isdir(snapshot_dir):
+        return []
+    return sorted(
+        name
+        for name in os.listdir(snapshot_dir)
+        if (name.endswith(SUFFIX) or name in (CSV_NAME, LOG_NAME)) and os.path.isfile(os.path.join(snapshot_dir, name))
+    )
+
+
+def _logged_epochs(snapshot_dir: str) -> bool:
+    """Whether the run log of ``snapshot_dir`` records a finished epoch (or cannot be read)."""
+    if os.path.isfile(os.path.join(snapshot_dir, CSV_NAME)):
+        return True
+    path = os.path.join(snapshot_dir, LOG_NAME)
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return bool(json.load(handle).get("epochs"))
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def check_no_previous_run(snapshot_dir: str | os.PathLike, fresh_start: bool, archive_old: bool = False) -> None:
+    """Refuse, before any work, to start a run whose files would replace an earlier run's.
+
+    A fresh start (``--resume False``) needs a ``snapshot_dir`` without an earlier run's
+    files, or ``archive_old`` (the caller then moves them away with
+    :func:`archive_previous_run`). A run that resumes but finds no checkpoint needs a folder
+    whose log records no finished epoch.
+
+    Raises:
+        UserError: one line naming ``--snapshot_dir NEW`` and ``--archive_old``.
+    """
+    snapshot_dir = os.fspath(snapshot_dir)
+    files = previous_run_files(snapshot_dir)
+    if not files or (fresh_start and archive_old):
+        return
+    checkpoints = [name for name in files if name.endswith(SUFFIX)]
+    if not fresh_start and (checkpoints or not _logged_epochs(snapshot_dir)):
+        return
+    held = [f"{len(checkpoints)} checkpoint(s)"] if checkpoints else []
+    held += [name for name in files if not name.endswith(SUFFIX)]
+    archive = os.path.join(snapshot_dir, f"{ARCHIVE_PREFIX}YYYYmmdd-HHMMSS")
+    if fresh_start:
+        problem = ", and --resume False would write a new run over it"
+        options = (
+            f"add --archive_old to move the old run's files into {archive}/ first, or continue it with --resume True"
+        )
+    else:
+        problem = " but no checkpoint to resume from, and starting again would replace its records"
+        options = f"use --resume False --archive_old to move the old files into {archive}/ first"
+    raise UserError(
+        f"--snapshot_dir {snapshot_dir} already holds a run ({', '.join(held)}){problem}; nothing was changed: "
+        f"start the new run elsewhere with --snapshot_dir NEW, or {options}"
+    )
+
+
+def archive_previous_run(snapshot_dir: str | os.PathLike) -> str | None:
+    """Move the files of an earlier run (see :func:`previous_run_files`) into a new
+    ``archived-YYYYmmdd-HHMMSS`` subfolder of ``snapshot_dir``; returns it (None when there
+    was nothing to move). Files are renamed, never copied or overwritten."""
+    snapshot_dir = os.fspath(snapshot_dir)
+    files = previous_run_files(snapshot_dir)
+    if not files:
+        return None
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    archive, attempt = os.path.join(snapshot_dir, ARCHIVE_PREFIX + stamp), 1
+    while os.path.exists(archive):  # two archives within a second
+        attempt += 1
+        archive = os.path.join(snapshot_dir, f"{ARCHIVE_PREFIX}{stamp}-{attempt}")
+    os.mkdir(archive)
+    for name in files:
+        os.rename(os.path.join(snapshot_dir, name), os.path.join(archive, name))
+    return archive
 
 
 def _set_epoch(loader: Any, epoch: int, start_samples: int) -> None:
@@ -479,7 +604,7 @@ def fit(
             extra["rng_per_rank"] = rng
         if scaler is not None and scaler.is_enabled():
             extra["scaler"] = scaler.state_dict()
-        path = os.path.join(options.snapshot_dir, checkpoint_name(epoch, counter))
+        path = os.path.join(options.snapshot_dir, checkpoint_name(epoch, counter, mid_epoch=not complete))
         save_checkpoint(make_checkpoint(raw, epoch, counter, **extra), path)
         if complete and options.save_full:
             reference = {
@@ -549,7 +674,8 @@ def fit(
             "lr": trainable_lrs(optimizer),
             "seconds": round(seconds, 3),
         }
-        summary["images_per_s"] = round(summary.get("images", 0) / max(seconds, 1e-9), 2)
+        # speed of this run only: a run resumed mid-epoch also counts the images done before it
+        summary["images_per_s"] = round(meter.images_this_run() / max(seconds, 1e-9), 2)
         summary["unreadable"] = describe_unreadable(samples, all_failed) if samples is not None else all_failed
         summary["checkpoint"] = save(epoch, counter, True, meter, done, all_failed, summary)
         if dist.is_main:
@@ -598,8 +724,14 @@ class _RunLog:
         os.makedirs(options.snapshot_dir, exist_ok=True)
         self.log = {"runs": [], "epochs": []}
         if os.path.isfile(self.json_path):
-            with open(self.json_path, encoding="utf-8") as handle:
-                self.log = json.load(handle)
+            try:
+                with open(self.json_path, encoding="utf-8") as handle:
+                    self.log = json.load(handle)
+            except ValueError as error:
+                raise UserValueError(
+                    f"{self.json_path}: not a readable training log ({error}); move it away to go on, "
+                    "or start a fresh run with --snapshot_dir NEW"
+                ) from None
         run = {
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "args": options.args,
