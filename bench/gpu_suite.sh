@@ -1,16 +1,28 @@
 #!/bin/sh
-# Issue 7's GPU check in one run: the GPU-only tests (tests/test_cuda_paths.py: no host
+# The GPU check in one run: the GPU-only tests (tests/test_cuda_paths.py: no host
 # synchronisation in the hot paths), every bench_lcam measure at bf16 + channels_last (with
 # the training steps also in the reference's settings, for the peak-memory comparison, and a
 # profiler table per measure), the frozen-backbone training steps, the data path, then the
 # same at torch.compile (slowest to start, so last). Each step writes its JSON as it ends
 # and report.md is rebuilt after each, so a run cut short still leaves its tables; a step
 # that fails (or a measure inside one) is reported and the others still run.
-# Usage: sh bench/gpu_suite.sh [OUT_DIR (runs/bench)]    Environment: DEVICE (cuda),
-#   BATCH (128), WORKERS (16), DATA_IMAGES (1024), COMPILE_MODE (default; empty: skip the compiled
-#   run), EXTRA (more bench_lcam flags, e.g. "--families vgg16 --iters 20"), LAUNCHER (python)
+# Usage: sh bench/gpu_suite.sh [OUT_DIR]    (OUT_DIR: runs/bench; -h, --help: this text)
+# Environment: DEVICE (cuda), BATCH (128), WORKERS (16), DATA_IMAGES (1024), COMPILE_MODE
+#   (default; empty: skip the compiled run), EXTRA (more bench_lcam flags, e.g.
+#   "--families vgg16 --iters 20"), LAUNCHER (python)
 set -eu
 ROOT=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)
+. "$ROOT/scripts/help.sh"
+case "${1-}" in
+-*)
+	echo "gpu_suite.sh: error: unknown option '$1' (usage: sh bench/gpu_suite.sh [OUT_DIR]; --help)" >&2
+	exit 2
+	;;
+esac
+if [ $# -gt 1 ]; then
+	echo "gpu_suite.sh: error: one argument at most, the output folder (usage: sh bench/gpu_suite.sh [OUT_DIR])" >&2
+	exit 2
+fi
 OUT_DIR=${1:-runs/bench}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 PY=${LAUNCHER:-python}

@@ -1,7 +1,9 @@
 #!/bin/sh
 # AD/IC of an L-CAM ResNet50 checkpoint at 100 %, 50 % and 15 % of the pixels kept (the paper's
-# table), in one batched pass that shares the plain forward (SPEC sections 5 and 7).
-# Runs from any directory. Environment variables (defaults: the SPEC layout under the repository root):
+# table), in one batched pass that shares the plain forward (README: 'Evaluation (AD/IC)').
+# Usage: sh scripts/ResNet50_AD_IC.sh [FLAG VALUE ...]    (-h, --help: this text)
+#   every flag of the command it runs: python Evaluation_L_CAM_ResNet50.py --help
+# Runs from any directory. Environment variables (defaults: the README's layout under the repository root):
 #   ARCH          ResNet50_L_CAM_Img (or ResNet50_L_CAM_Fm, ResNet50_L_CAM_ImgA, ResNet50_L_CAM_FmA)
 #   IMG_DIR       $ROOT/dataset/ILSVRC2012_img_val
 #   TEST_LIST     $ROOT/datalist/ILSVRC/Evaluation_2000.txt
@@ -12,6 +14,7 @@
 #   sh scripts/ResNet50_AD_IC.sh --restore_from snapshots/ResNet50_L_CAM_Img/imagenet_epoch_7_glo_step_160000.pth.tar --amp bf16
 set -eu
 ROOT=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)
+. "$ROOT/scripts/help.sh"
 ARCH=${ARCH:-ResNet50_L_CAM_Img}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 

@@ -1,6 +1,8 @@
 #!/bin/sh
-# Train VGG16_L_CAM_Img with the reference recipe (L-CAM loss; SPEC sections 2-4 and 7).
-# Runs from any directory. Environment variables (defaults: the SPEC layout under the repository root):
+# Train VGG16_L_CAM_Img with the reference recipe (L-CAM loss; README: 'Training').
+# Usage: sh scripts/VGG16_train.sh [FLAG VALUE ...]    (-h, --help: this text)
+#   every flag of the command it runs: python train_L_CAM.py --help
+# Runs from any directory. Environment variables (defaults: the README's layout under the repository root):
 #   ARCH          VGG16_L_CAM_Img (or VGG16_L_CAM_Fm, VGG16_7x7_L_CAM_Img)
 #   IMG_DIR       $ROOT/dataset/ILSVRC2012_img_train
 #   TRAIN_LIST    $ROOT/datalist/ILSVRC/VGG16_train.txt (model-truth labels: python -m scripts.make_datalist train)
@@ -10,6 +12,7 @@
 #   sh scripts/VGG16_train.sh --amp bf16 --channels_last --num_workers 16
 set -eu
 ROOT=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)
+. "$ROOT/scripts/help.sh"
 ARCH=${ARCH:-VGG16_L_CAM_Img}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 

@@ -19,6 +19,7 @@ import argparse
 import csv
 import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,19 +31,23 @@ from matplotlib.figure import Figure
 from models import ARCH_CHOICES
 from models.backbones import load_torchvision_classifier
 from scripts.evaluate import HelpFormatter
-from utils.baselines import RISE_DEFAULT_MASKS, NormalizedClassifier, build_explainer
-from utils.data import check_images_exist, samples_from
+from utils.baselines import BASELINES, RISE_DEFAULT_MASKS, NormalizedClassifier, build_explainer
+from utils.cli import run_cli
+from utils.data import samples_from
+from utils.errors import UserValueError, closest_names
 from utils.evaluation import (
     LCAMExplainer,
     build_eval_loader,
+    check_missing_images,
     evaluate,
     lcam_classifier,
     load_lcam_model,
     normalize_and_upsample,
     parse_percentages,
+    warn_unreadable,
     write_result,
 )
-from utils.files import atomic_open, write_json
+from utils.files import atomic_open, ensure_writable, write_json
 from utils.runtime import AMP_CHOICES, resolve_device, seed_everything
 from utils.visualize import overlay, save_table, to_pil
 
@@ -102,7 +107,11 @@ class TimedExplainer:
 
 
 def _family_of(arch: str) -> str:
-    return "vgg16" if arch.startswith("VGG16") else "resnet50"
+    """``vgg16`` or ``resnet50`` for the reference variants; the arch itself otherwise."""
+    for family, prefix in (("vgg16", "VGG16"), ("resnet50", "ResNet50")):
+        if arch.startswith(prefix):
+            return family
+    return arch
 
 
 def _key_value(text: str, flag: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
@@ -152,6 +161,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     data.add_argument("--crop_size", type=int, default=224, help="CenterCrop")
     data.add_argument("--percentages", default="0,0.5,0.85", help="fractions of pixels dropped (0 keeps 100 %%)")
     data.add_argument("--limit", type=int, default=None, help="use only the first N images of the list")
+    data.add_argument(
+        "--skip_missing",
+        action="store_true",
+        help="compare without the listed images that do not exist (one warning); by default they stop the run",
+    )
 
     methods = parser.add_argument_group("method settings")
     methods.add_argument(
@@ -202,10 +216,16 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     if not args.road_percentile_list or not all(0 < value < 100 for value in args.road_percentile_list):
         parser.error(f"--road_percentiles must be comma-separated numbers in (0, 100), got {args.road_percentiles!r}")
     args.method_list = [method.strip() for method in args.methods.split(",") if method.strip()]
+    for method in args.method_list:
+        if method not in BASELINES:
+            raise UserValueError(
+                f"--methods: unknown method {method!r}; {closest_names(method, BASELINES)} "
+                f"(valid: {', '.join(BASELINES)})"
+            )
     args.lcam_list = [_key_value(text, "--lcam", parser) for text in args.lcam]
     for arch, _ in args.lcam_list:
         if arch not in ARCH_CHOICES:
-            parser.error(f"--lcam: unknown arch {arch!r}; valid: {', '.join(ARCH_CHOICES)}")
+            parser.error(f"--lcam: unknown arch {arch!r}; {closest_names(arch, ARCH_CHOICES)}")
     args.classifier_list = [_key_value(text, "--classifier", parser) for text in args.classifier]
     for family, _ in args.classifier_list:
         if family not in FAMILIES:
@@ -223,9 +243,18 @@ def _build_entries(args: argparse.Namespace, device: torch.device) -> list[Entry
     families: dict[str, tuple[NormalizedClassifier, str]] = {}
     for arch, path in args.lcam_list:
         model, metadata = load_lcam_model(arch, path, args.num_classes, device=device)
-        explainer = LCAMExplainer(model)
-        entries.append(Entry(arch, _family_of(arch), lcam_classifier(model), explainer, metadata["path"]))
-        families.setdefault(_family_of(arch), (NormalizedClassifier.from_lcam(model), f"backbone of {arch}"))
+        family = _family_of(arch)
+        entries.append(Entry(arch, family, lcam_classifier(model), LCAMExplainer(model), metadata["path"]))
+        if not args.method_list or family in families:
+            continue
+        if family in RISE_DEFAULT_MASKS:
+            families[family] = (NormalizedClassifier.from_lcam(model), f"backbone of {arch}")
+        else:
+            warnings.warn(
+                f"--methods: the baselines explain VGG-16 and ResNet-50 classifiers only, not the one of --lcam {arch} "
+                "(give --classifier vgg16|resnet50=WEIGHTS for baseline rows)",
+                stacklevel=2,
+            )
     for family, weights in args.classifier_list:
         builder, weights_enum = FAMILIES[family]
         pretrained = False if weights == "none" else weights
@@ -234,7 +263,6 @@ def _build_entries(args: argparse.Namespace, device: torch.device) -> list[Entry
             parameter.requires_grad_(False)
         classifier = NormalizedClassifier.from_torchvision(network).to(device).eval()
         families[family] = (classifier, f"torchvision {family} ({weights_name})")
-    mask_dir = args.rise_mask_dir or os.path.join(args.output_dir, "rise_masks")
     for family, (classifier, source) in families.items():
         for method in args.method_list:
             num_masks = args.rise_masks or RISE_DEFAULT_MASKS[family]
@@ -243,13 +271,17 @@ def _build_entries(args: argparse.Namespace, device: torch.device) -> list[Entry
                 method,
                 classifier,
                 rise_masks=num_masks,
-                rise_mask_path=os.path.join(mask_dir, mask_name),
+                rise_mask_path=os.path.join(_rise_mask_dir(args), mask_name),
                 rise_seed=args.seed,
                 chunk_size=args.chunk_size,
                 batch_size=args.chunk_size,
             )
             entries.append(Entry(method, family, classifier, explainer, source))
     return entries
+
+
+def _rise_mask_dir(args: argparse.Namespace) -> str:
+    return args.rise_mask_dir or os.path.join(args.output_dir, "rise_masks")
 
 
 def _percent_label(percentage: float) -> str:
@@ -351,18 +383,20 @@ def save_qualitative_figure(entries: list[Entry], loader, device: torch.device, 
 
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> list[dict[str, Any]]:
     """Run every comparison row; write the tables, the figures and per-method results under
-    ``--output_dir``; return the rows as dicts."""
+    ``--output_dir`` (the tables and ``comparison.json`` again after each method, so an
+    interrupted run keeps the rows it finished); return the rows as dicts."""
     parser = parser or get_args_parser()
     percentages = _check_args(parser, args)
+    ensure_writable(args.output_dir, "--output_dir", is_folder=True)
+    if "rise" in args.method_list:
+        ensure_writable(_rise_mask_dir(args), "--rise_mask_dir", is_folder=True)
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    os.makedirs(args.output_dir, exist_ok=True)
-    entries = _build_entries(args, device)
-    num_classes = args.num_classes
-    samples = samples_from(args.test_list, args.img_dir, num_classes)
+    samples = samples_from(args.test_list, args.img_dir, args.num_classes)
     if args.limit is not None:
         samples = samples[: args.limit]
-    check_images_exist(samples, args.test_list)
+    samples = check_missing_images(samples, args.test_list, args.skip_missing)
+    entries = _build_entries(args, device)
     loader = build_eval_loader(samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(f"Comparing {len(entries)} methods on {len(samples)} images of {args.test_list} on {device_name}")
@@ -379,6 +413,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
             progress=not args.no_progress,
             description=f"{entry.name} ({entry.family})",
         )
+        if not results:  # every method reads the same images
+            warn_unreadable(result.unreadable)
         row = {
             "method": entry.name,
             "family": entry.family,
@@ -413,21 +449,28 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         )
         print(f"{entry.name} ({entry.family}): {line}; {timed.images_per_second:.2f} explained img/s")
         results.append(row)
-    markdown, table = write_tables(results, percentages, args.output_dir)
+        markdown, table = _write_summary(results, percentages, args)
     chart = save_bar_chart(results, percentages, os.path.join(args.output_dir, "ad_ic.png"))
     figure = save_qualitative_figure(
         entries, loader, device, args.figure_images, os.path.join(args.output_dir, "qualitative.png")
     )
-    run = {
-        key: value for key, value in vars(args).items() if isinstance(value, (str, int, float, bool, list, type(None)))
-    }
-    write_json(os.path.join(args.output_dir, "comparison.json"), {"run": run, "results": results}, indent=1)
     with open(markdown, encoding="utf-8") as handle:
         print(handle.read())
     print(f"wrote {markdown}, {table}, {chart}, {figure}")
     return results
 
 
+def _write_summary(
+    results: list[dict[str, Any]], percentages: tuple[float, ...], args: argparse.Namespace
+) -> tuple[str, str]:
+    """The tables and ``comparison.json`` (the flags and every row so far)."""
+    markdown, table = write_tables(results, percentages, args.output_dir)
+    run = {
+        key: value for key, value in vars(args).items() if isinstance(value, (str, int, float, bool, list, type(None)))
+    }
+    write_json(os.path.join(args.output_dir, "comparison.json"), {"run": run, "results": results}, indent=1)
+    return markdown, table
+
+
 if __name__ == "__main__":
-    parser = get_args_parser()
-    main(parser.parse_args(), parser)
+    run_cli(main, get_args_parser())

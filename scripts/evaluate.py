@@ -1,5 +1,5 @@
 """AD/IC evaluation of a trained L-CAM checkpoint: the shared parser and main of
-``Evaluation_L_CAM_VGG16.py`` and ``Evaluation_L_CAM_ResNet50.py`` (SPEC sections 5, 7).
+``Evaluation_L_CAM_VGG16.py`` and ``Evaluation_L_CAM_ResNet50.py``.
 
     python -m scripts.evaluate --arch ResNet50_L_CAM_Img --restore_from CKPT --percentages 0,0.5,0.85
 """
@@ -17,17 +17,21 @@ import torch
 from models import ARCH_CHOICES
 from utils.cli import run_cli
 from utils.data import samples_from
+from utils.errors import UserFileNotFoundError
 from utils.evaluation import (
     EvaluationResult,
     LCAMExplainer,
     build_eval_loader,
+    check_missing_images,
     evaluate,
     format_summary,
     load_lcam_model,
     parse_percentages,
     resolve_checkpoint,
+    warn_unreadable,
     write_result,
 )
+from utils.files import ensure_writable
 from utils.runtime import (
     AMP_CHOICES,
     add_compile_argument,
@@ -56,7 +60,7 @@ def get_args_parser(
     train_list: str = "VGG16_train.txt",
     add_help: bool = True,
 ) -> argparse.ArgumentParser:
-    """The evaluation flags: the reference's (SPEC section 7) and the project's additions.
+    """The evaluation flags: the reference code's and the project's additions.
 
     Args:
         arch, percentage, train_list: the defaults of the calling script (the reference
@@ -64,7 +68,8 @@ def get_args_parser(
             ResNet50_L_CAM_Fm at 0.85).
     """
     parser = argparse.ArgumentParser(
-        description="AD/IC of an L-CAM checkpoint (SPEC section 5, batched; same numbers as the one-image loop).",
+        description="AD/IC of an L-CAM checkpoint (the paper's protocol, batched; same numbers as the reference's "
+        "one-image loop; see the README's 'Evaluation (AD/IC)').",
         add_help=add_help,
         formatter_class=HelpFormatter,
     )
@@ -121,6 +126,11 @@ def get_args_parser(
     protocol.add_argument("--input_size", type=int, default=256, help="Resize of the smaller edge")
     protocol.add_argument("--crop_size", type=int, default=224, help="CenterCrop")
     protocol.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the list")
+    protocol.add_argument(
+        "--skip_missing",
+        action="store_true",
+        help="evaluate without the listed images that do not exist (one warning); by default they stop the run",
+    )
 
     speed = parser.add_argument_group("speed")
     speed.add_argument("--batch_size", type=int, default=64, help="images per batch (the reference: 1; same numbers)")
@@ -192,17 +202,19 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     parser = parser or get_args_parser()
     percentages = _check_args(parser, args)
     _fill_defaults(args)
+    ensure_writable(args.output, "--output")
     device = resolve_device(args.device)
     configure_backends(args.deterministic)
     checkpoint = resolve_checkpoint(args.restore_from, args.snapshot_dir, resume=args.resume == "True")
     if not os.path.exists(args.test_list):
-        raise FileNotFoundError(f"--test_list not found: {args.test_list!r}")
+        raise UserFileNotFoundError(f"--test_list not found: {args.test_list!r}")
     model, metadata = load_lcam_model(args.arch, checkpoint, args.num_classes, args.backbone_weights, device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     samples = samples_from(args.test_list, args.img_dir, model.num_classes)
     if args.limit is not None:
         samples = samples[: args.limit]
+    samples = check_missing_images(samples, args.test_list, args.skip_missing)
     print(
         f"Evaluating {args.arch} from {metadata['path']} (epoch {metadata.get('epoch', '?')}) on {len(samples)} images "
         f"of {args.test_list}, percentages {', '.join(f'{p:g}' for p in percentages)}, device {device}, amp {args.amp}"
@@ -223,10 +235,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     )
     for line in format_summary(result):
         print(line)
-    for entry in result.unreadable[:10]:
-        print(f"  unreadable: {entry['path']}: {entry['reason']}")
-    if result.num_unreadable > 10:
-        print(f"  ... and {result.num_unreadable - 10} more (all listed in {args.output})")
+    warn_unreadable(result.unreadable, listed_in=args.output)
     run = _run_info(args, metadata, device)
     json_path, csv_path = write_result(result, args.output, run)
     print(f"Results written to {json_path} and {csv_path}")

@@ -23,8 +23,15 @@ from models.lcam import LCAM
 from scripts.evaluate import REPO_ROOT, HelpFormatter
 from utils.cli import run_cli
 from utils.data import IMAGE_EXTENSIONS, ImageList, collate_skip_unreadable, eval_transform, read_datalist
-from utils.evaluation import load_lcam_model, normalize_and_upsample, resolve_checkpoint
-from utils.files import write_json
+from utils.errors import UserFileNotFoundError, UserValueError
+from utils.evaluation import (
+    check_missing_images,
+    load_lcam_model,
+    normalize_and_upsample,
+    resolve_checkpoint,
+    warn_unreadable,
+)
+from utils.files import ensure_writable, write_json
 from utils.runtime import AMP_CHOICES, autocast, resolve_device
 from utils.visualize import overlay, save_grid, to_pil
 
@@ -84,10 +91,10 @@ def collect_inputs(source: str | os.PathLike, img_dir: str | os.PathLike = "") -
             if name.lower().endswith(IMAGE_EXTENSIONS)
         )
         if not found:
-            raise ValueError(f"--input {source!r}: no image ({', '.join(IMAGE_EXTENSIONS)}) in that folder")
+            raise UserValueError(f"--input {source!r}: no image ({', '.join(IMAGE_EXTENSIONS)}) in that folder")
         return [(path, -1) for path in found]
     if not os.path.isfile(source):
-        raise FileNotFoundError(f"--input not found: {source!r}")
+        raise UserFileNotFoundError(f"--input not found: {source!r}")
     if source.lower().endswith(IMAGE_EXTENSIONS):
         return [(source, -1)]
     return read_datalist(source, img_dir)
@@ -157,7 +164,10 @@ def explain_images(
     CAM min-max normalised per image and upsampled bilinearly to the crop (as in the
     evaluation). With ``output_dir``, writes per image ``<stem>_input.png`` (the crop),
     ``<stem>_<rank>_<class>_<name>.png`` overlays (the crop's size), with ``grid`` > 0
-    ``<stem>_grid.png`` (the ``grid`` most probable classes), and ``explanations.json``.
+    ``<stem>_grid.png`` (the ``grid`` most probable classes), and ``explanations.json``, each
+    batch's files as soon as it is explained (``explanations.json`` is rewritten after every
+    batch), so an interrupted run keeps what it did. Unreadable images are skipped and listed
+    in the result (and in ``explanations.json``).
 
     Returns:
         :class:`ExplanationRun`.
@@ -200,7 +210,6 @@ def explain_images(
         for batch in loader:
             for index, reason in batch.failed:
                 unreadable.append({"path": samples[index][0], "reason": reason})
-                bar.write(f"unreadable image skipped: {samples[index][0]}: {reason}")
             if batch.images is not None:
                 chosen, grid_classes, probabilities, maps = _explain_batch(
                     model, batch.images.to(device, non_blocking=True), classes, topk, grid, amp
@@ -222,12 +231,12 @@ def explain_images(
                             keep_maps,
                         )
                     )
+            if output_dir is not None:
+                _write_index(os.path.join(output_dir, "explanations.json"), explanations, unreadable)
             bar.update(len(batch.labels) + len(batch.failed))
     if not explanations:
         first = f"; first: {unreadable[0]['path']}: {unreadable[0]['reason']}" if unreadable else ""
         raise ValueError(f"no readable image to explain ({len(unreadable)} unreadable{first})")
-    if output_dir is not None:
-        _write_index(os.path.join(output_dir, "explanations.json"), explanations, unreadable)
     return ExplanationRun(explanations, unreadable)
 
 
@@ -348,6 +357,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     parser.add_argument("--colormap", default="jet", help="matplotlib colormap")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument(
+        "--skip_missing",
+        action="store_true",
+        help="go on without the listed images that do not exist (one warning); by default they stop the run",
+    )
     parser.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
@@ -371,8 +385,10 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         parser.error(f"--limit must be >= 1, got {args.limit}")
     snapshot_dir = args.snapshot_dir or os.path.join(args.root_dir, "snapshots", args.arch)
     output_dir = args.output_dir or os.path.join(args.root_dir, "runs", "explain")
+    ensure_writable(output_dir, "--output_dir", is_folder=True)
     device = resolve_device(args.device)
     samples = collect_inputs(args.input, args.img_dir)[: args.limit]
+    samples = check_missing_images(samples, args.input, args.skip_missing)
     checkpoint = resolve_checkpoint(args.restore_from, snapshot_dir)
     model, metadata = load_lcam_model(args.arch, checkpoint, args.num_classes, args.backbone_weights, device)
     names = class_names_for(model.num_classes, args.class_names)
@@ -401,8 +417,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
             for index, name, probability in zip(item.classes, item.names, item.probabilities)
         )
         print(f"{item.path}: {ranked}")
-    if run.unreadable:
-        print(f"{len(run.unreadable)} unreadable image(s) skipped (listed in explanations.json)")
+    warn_unreadable(run.unreadable, listed_in=os.path.join(output_dir, "explanations.json"))
     print(f"Overlays written to {output_dir}")
     return run
 

@@ -1,4 +1,4 @@
-"""Build the datalists of SPEC section 4.
+"""Build the datalists (README, 'Datalists').
 
 ``train``: run the frozen classifier over an ImageNet-style train folder (class subfolders)
 and write its own predictions as labels (the "model truth" the reference trains on),
@@ -6,7 +6,8 @@ batched, with progress, resumable (a partial output is continued, its lines kept
 
 ``val``: a ground-truth list from a class-subfolder validation tree, or from a flat
 folder plus a ground-truth file, with N images sampled with a seed, optionally excluding
-the images of other lists.
+the images of other lists; an image PIL cannot open is left out (one warning) and another
+is drawn in its place.
 
     python -m scripts.make_datalist train --backbone ResNet50 --img_dir dataset/ILSVRC2012_img_train
     python -m scripts.make_datalist val --img_dir dataset/ILSVRC2012_img_val --ground_truth LOC_val_solution.csv
@@ -22,6 +23,7 @@ import sys
 
 import torch
 import torchvision
+from PIL import Image
 from tqdm import tqdm
 
 from models.backbones import load_torchvision_classifier
@@ -36,7 +38,9 @@ from utils.data import (
     folder_samples,
     read_datalist,
 )
-from utils.files import atomic_open
+from utils.errors import UserValueError
+from utils.evaluation import warn_unreadable
+from utils.files import atomic_open, ensure_writable
 from utils.runtime import AMP_CHOICES, autocast, resolve_device, seed_everything
 
 __all__ = ["BACKBONES", "get_args_parser", "main", "make_train_list", "make_val_list", "read_ground_truth"]
@@ -212,12 +216,54 @@ def make_val_list(args: argparse.Namespace) -> str:
     candidates = [item for item in candidates if os.path.basename(item[0]) not in excluded]
     if args.num_images > len(candidates):
         raise ValueError(f"--num_images {args.num_images} but only {len(candidates)} labelled images remain")
-    chosen = random.Random(args.seed).sample(candidates, args.num_images)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)) or ".", exist_ok=True)
+    chosen, unreadable = _sample_readable(candidates, args.num_images, args.seed, args.img_dir)
+    warn_unreadable(unreadable)
     with atomic_open(args.output) as handle:
         handle.writelines(f"{name} {label}\n" for name, label in chosen)
     print(f"wrote {len(chosen)} of {len(candidates)} images to {args.output}")
     return args.output
+
+
+def _sample_readable(
+    candidates: list[tuple[str, int]], count: int, seed: int, img_dir: str
+) -> tuple[list[tuple[str, int]], list[dict[str, str]]]:
+    """``count`` of ``candidates`` (``(path relative to img_dir, label)``) sampled with
+    ``seed``: ``random.Random(seed).sample``, so the same list as before whenever every image
+    can be read; an image PIL cannot open is left out and replaced by further draws. Returns
+    the chosen ones and ``{"path", "index", "reason"}`` of those left out."""
+    generator = random.Random(seed)
+    remaining = list(candidates)
+    chosen: list[tuple[str, int]] = []
+    unreadable: list[dict[str, str]] = []
+    while len(chosen) < count:
+        needed = count - len(chosen)
+        if needed > len(remaining):
+            raise UserValueError(
+                f"--num_images {count} but only {len(chosen) + len(remaining)} readable labelled images remain "
+                f"({len(unreadable)} cannot be read)"
+            )
+        drawn = generator.sample(remaining, needed)
+        drawn_names = {name for name, _ in drawn}
+        remaining = [item for item in remaining if item[0] not in drawn_names]
+        for name, label in drawn:
+            path = os.path.join(img_dir, name)
+            reason = _unreadable_reason(path)
+            if reason is None:
+                chosen.append((name, label))
+            else:
+                unreadable.append({"path": path, "index": len(unreadable), "reason": reason})
+    return chosen, unreadable
+
+
+def _unreadable_reason(path: str) -> str | None:
+    """Why PIL cannot open the image ``path`` (its header and ``verify``, without decoding
+    the pixels), or None."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as error:  # missing, truncated, corrupt or unsupported: all left out
+        return f"{error.__class__.__name__}: {error}"
+    return None
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -285,14 +331,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> str:
+    """Write the datalist of ``args.command`` (``train`` or ``val``); returns its path."""
     if args.command == "train":
         if args.output is None:
             args.output = os.path.join(ROOT_DIR, "datalist", "ILSVRC", f"{args.backbone}_train.txt")
         if args.batch_size < 1 or args.num_workers < 0:
             raise ValueError("'--batch_size' must be >= 1 and '--num_workers' >= 0")
+        ensure_writable(args.output, "--output")
         return make_train_list(args)
     if args.num_images < 1:
         raise ValueError(f"'--num_images' must be >= 1, got {args.num_images}")
+    ensure_writable(args.output, "--output")
     return make_val_list(args)
 
 

@@ -207,5 +207,5 @@ def test_bad_flags_fail_in_one_line(extra, message, capsys, tmp_path):
 def test_unknown_method_lists_the_valid_ones(setup, tmp_path):
     root, checkpoint = setup
     parser, args = _compare_args(root, checkpoint, "--methods", "gradcam,lime", "--output_dir", str(tmp_path))
-    with pytest.raises(ValueError, match="unknown method 'lime'; valid: gradcam"):
+    with pytest.raises(ValueError, match=r"unknown method 'lime'; did you mean 'rise'\? \(valid: gradcam, gradcampp"):
         compare.main(args, parser)

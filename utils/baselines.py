@@ -8,7 +8,7 @@ prediction k in the L-CAM protocol), ``maps`` N x 1 x h x w float32 saliency map
 normalises them again (a no-op up to rounding), upsamples them bilinearly
 (``align_corners=False``) to H x W, keeps the top pixels and masks the [0, 1] image.
 
-What each method returns (SPEC section 5; the reference used a third-party ``cam.py`` and
+What each method returns (as in the paper's comparison; the reference used a third-party ``cam.py`` and
 the RISE authors' code, whose formulas are reproduced here):
 
 ============================  ============  ==========================================

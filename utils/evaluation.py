@@ -1,4 +1,4 @@
-"""The AD/IC evaluation protocol (SPEC section 5), batched, for any explainer.
+"""The AD/IC evaluation protocol of the paper (README, 'Evaluation (AD/IC)'), batched, for any explainer.
 
 Per image, with ``p = softmax(classifier(image))`` computed in float32:
 
@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import ARCH_CHOICES, GENERIC, build_model
@@ -37,8 +36,9 @@ from models.lcam import LCAM, LCAMOutput
 from utils.checkpoint import FORMAT, find_newest_checkpoint, load_checkpoint
 from utils.data import Batch, ImageList, build_loader, eval_transform
 from utils.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
+from utils.errors import UserFileNotFoundError, abbreviate
 from utils.files import atomic_open, write_json
-from utils.metrics import average_drop, increase_in_confidence, keep_top, minmax_normalize
+from utils.metrics import average_drop, increase_in_confidence, keep_top, minmax_normalize, upsample_bilinear
 from utils.runtime import autocast, compile_function
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "Explainer",
     "LCAMExplainer",
     "build_eval_loader",
+    "check_missing_images",
     "evaluate",
     "format_summary",
     "lcam_classifier",
@@ -55,6 +56,7 @@ __all__ = [
     "parse_percentages",
     "percentage_key",
     "resolve_checkpoint",
+    "warn_unreadable",
     "write_result",
 ]
 
@@ -127,7 +129,8 @@ def _select_maps(cams: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 
 def normalize_and_upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Steps 2 of the protocol: per-image min-max to [0, 1] (float32), then bilinear
-    upsampling (``align_corners=False``) to ``size`` (H, W). Accepts N x 1 x h x w or
+    upsampling (``align_corners=False``, :func:`utils.metrics.upsample_bilinear`: maps equal
+    by construction stay equal, whatever the batch) to ``size`` (H, W). Accepts N x 1 x h x w or
     N x h x w maps; returns N x 1 x H x W."""
     if maps.dim() == 3:
         maps = maps.unsqueeze(1)
@@ -136,7 +139,7 @@ def normalize_and_upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Ten
     normalized = minmax_normalize(maps.float())
     if tuple(normalized.shape[-2:]) == tuple(size):
         return normalized
-    return F.interpolate(normalized, size=tuple(size), mode="bilinear", align_corners=False)
+    return upsample_bilinear(normalized, size)
 
 
 def parse_percentages(text: str | Sequence[float]) -> tuple[float, ...]:
@@ -302,7 +305,8 @@ def evaluate(
         explainer: see :class:`Explainer`. Its ``explain`` is called outside inference mode
             (gradient methods need autograd); ``predict_and_explain`` is used when present.
         loader: yields :class:`utils.data.Batch` (as built by :func:`build_eval_loader`; its
-            ``failed`` images are reported, not averaged) or ``(images, labels[, indices])``.
+            ``failed`` images go to the result's ``unreadable``, not into the averages; see
+            :func:`warn_unreadable`) or ``(images, labels[, indices])``.
         percentages: fractions of pixels dropped (0 keeps all, 0.85 keeps 15 %).
         device: where the computation runs.
         amp: ``"none"``, ``"bf16"`` or ``"fp16"``: autocast around the classifier and the
@@ -336,7 +340,6 @@ def evaluate(
             seen += len(batch.labels) + len(batch.failed)
             for index, reason in batch.failed:
                 unreadable.append({"index": index, "path": paths[index] if paths else None, "reason": reason})
-                bar.write(f"unreadable image excluded: {paths[index] if paths else index}: {reason}")
             if batch.images is None or len(batch.labels) == 0:
                 bar.update(len(batch.failed))
                 continue
@@ -452,6 +455,22 @@ def format_summary(result: EvaluationResult) -> list[str]:
     return lines
 
 
+def warn_unreadable(unreadable: Sequence[dict[str, Any]], listed_in: str | None = None) -> None:
+    """One warning line naming the images that could not be read (decoded) and were left out,
+    e.g. ``1 image(s) could not be read and were left out: ['a.png'] (first: UnidentifiedImageError)``;
+    nothing when there is none. ``listed_in``: the result file that lists them all."""
+    if not unreadable:
+        return
+    names = [entry["path"] or f"image {entry['index']}" for entry in unreadable]
+    reason = str(unreadable[0]["reason"]).split(":", 1)[0]
+    listed = f"; all listed in {listed_in}" if listed_in else ""
+    warnings.warn(
+        f"{len(names)} image(s) could not be read and were left out: {abbreviate(names, shown=3)} "
+        f"(first: {reason}){listed}",
+        stacklevel=2,
+    )
+
+
 def write_result(
     result: EvaluationResult, output: str | os.PathLike, run: dict[str, Any] | None = None
 ) -> tuple[str, str]:
@@ -494,6 +513,52 @@ def _json_default(value):
     if torch.is_tensor(value):
         return value.tolist()
     return str(value)
+
+
+def check_missing_images(
+    samples: Sequence[tuple[str, int]], source: str | os.PathLike, skip_missing: bool = False
+) -> list[tuple[str, int]]:
+    """The samples whose image file exists. Listed images that are missing stop the run
+    before any work (the rule of training too), with one line naming ``source``'s
+    ``file:line`` of the first missing images and how many are missing; with
+    ``skip_missing`` they are left out with one warning instead.
+
+    Raises:
+        UserFileNotFoundError: images are missing and ``skip_missing`` is False.
+    """
+    source = os.fspath(source)
+    missing = [position for position, (path, _) in enumerate(samples) if not os.path.isfile(path)]
+    if not missing:
+        return list(samples)
+    line_numbers = _datalist_line_numbers(source)
+
+    def place(position: int) -> str:
+        return f"{source}:{line_numbers[position]}" if line_numbers else source
+
+    first_path = samples[missing[0]][0]
+    counted = f"{len(missing)} of {len(samples)} listed images are missing"
+    if skip_missing:
+        warnings.warn(f"{counted}, left out (--skip_missing); first: {place(missing[0])}: {first_path!r}", stacklevel=2)
+        skipped = set(missing)
+        return [sample for position, sample in enumerate(samples) if position not in skipped]
+    others = ""
+    if len(missing) > 1 and line_numbers:
+        numbers = [str(line_numbers[position]) for position in missing[1:]]
+        more = f" and {len(numbers) - 3} more" if len(numbers) > 3 else ""
+        others = f" (also line{'s' if len(numbers) > 1 else ''} {', '.join(numbers[:3])}{more})"
+    raise UserFileNotFoundError(
+        f"{place(missing[0])}: image not found: {first_path!r}; {counted}{others}; check --img_dir, "
+        "or pass --skip_missing to go on without them"
+    )
+
+
+def _datalist_line_numbers(source: str) -> list[int] | None:
+    """The line number of each entry of a datalist (its non-blank lines, as
+    :func:`utils.data.read_datalist` reads them); None for a folder."""
+    if not os.path.isfile(source):
+        return None
+    with open(source, encoding="utf-8") as handle:
+        return [number for number, line in enumerate(handle, start=1) if line.strip()]
 
 
 def build_eval_loader(
