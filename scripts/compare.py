@@ -33,12 +33,11 @@ from models.backbones import load_torchvision_classifier
 from scripts.evaluate import HelpFormatter
 from utils.baselines import BASELINES, RISE_DEFAULT_MASKS, NormalizedClassifier, build_explainer
 from utils.cli import run_cli
-from utils.data import samples_from
+from utils.data import check_images_exist, samples_from
 from utils.errors import UserValueError, closest_names
 from utils.evaluation import (
     LCAMExplainer,
     build_eval_loader,
-    check_missing_images,
     evaluate,
     lcam_classifier,
     load_lcam_model,
@@ -395,7 +394,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     samples = samples_from(args.test_list, args.img_dir, args.num_classes)
     if args.limit is not None:
         samples = samples[: args.limit]
-    samples = check_missing_images(samples, args.test_list, args.skip_missing)
+    samples = check_images_exist(samples, args.test_list, skip_missing=args.skip_missing)
     entries = _build_entries(args, device)
     loader = build_eval_loader(samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"

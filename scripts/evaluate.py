@@ -16,13 +16,12 @@ import torch
 
 from models import ARCH_CHOICES
 from utils.cli import run_cli
-from utils.data import samples_from
+from utils.data import check_images_exist, samples_from
 from utils.errors import UserFileNotFoundError
 from utils.evaluation import (
     EvaluationResult,
     LCAMExplainer,
     build_eval_loader,
-    check_missing_images,
     evaluate,
     format_summary,
     load_lcam_model,
@@ -214,7 +213,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     samples = samples_from(args.test_list, args.img_dir, model.num_classes)
     if args.limit is not None:
         samples = samples[: args.limit]
-    samples = check_missing_images(samples, args.test_list, args.skip_missing)
+    samples = check_images_exist(samples, args.test_list, skip_missing=args.skip_missing)
     print(
         f"Evaluating {args.arch} from {metadata['path']} (epoch {metadata.get('epoch', '?')}) on {len(samples)} images "
         f"of {args.test_list}, percentages {', '.join(f'{p:g}' for p in percentages)}, device {device}, amp {args.amp}"

@@ -22,10 +22,16 @@ from models import ARCH_CHOICES
 from models.lcam import LCAM
 from scripts.evaluate import REPO_ROOT, HelpFormatter
 from utils.cli import run_cli
-from utils.data import IMAGE_EXTENSIONS, ImageList, collate_skip_unreadable, eval_transform, read_datalist
+from utils.data import (
+    IMAGE_EXTENSIONS,
+    ImageList,
+    check_images_exist,
+    collate_skip_unreadable,
+    eval_transform,
+    read_datalist,
+)
 from utils.errors import UserFileNotFoundError, UserValueError
 from utils.evaluation import (
-    check_missing_images,
     load_lcam_model,
     normalize_and_upsample,
     resolve_checkpoint,
@@ -388,7 +394,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     ensure_writable(output_dir, "--output_dir", is_folder=True)
     device = resolve_device(args.device)
     samples = collect_inputs(args.input, args.img_dir)[: args.limit]
-    samples = check_missing_images(samples, args.input, args.skip_missing)
+    samples = check_images_exist(samples, args.input, skip_missing=args.skip_missing)
     checkpoint = resolve_checkpoint(args.restore_from, snapshot_dir)
     model, metadata = load_lcam_model(args.arch, checkpoint, args.num_classes, args.backbone_weights, device)
     names = class_names_for(model.num_classes, args.class_names)

@@ -36,7 +36,7 @@ from models.lcam import LCAM, LCAMOutput
 from utils.checkpoint import FORMAT, find_newest_checkpoint, load_checkpoint
 from utils.data import Batch, ImageList, build_loader, eval_transform
 from utils.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
-from utils.errors import UserFileNotFoundError, abbreviate
+from utils.errors import abbreviate
 from utils.files import atomic_open, write_json
 from utils.metrics import average_drop, increase_in_confidence, keep_top, minmax_normalize, upsample_bilinear
 from utils.runtime import autocast, compile_function
@@ -47,7 +47,6 @@ __all__ = [
     "Explainer",
     "LCAMExplainer",
     "build_eval_loader",
-    "check_missing_images",
     "evaluate",
     "format_summary",
     "lcam_classifier",
@@ -513,52 +512,6 @@ def _json_default(value):
     if torch.is_tensor(value):
         return value.tolist()
     return str(value)
-
-
-def check_missing_images(
-    samples: Sequence[tuple[str, int]], source: str | os.PathLike, skip_missing: bool = False
-) -> list[tuple[str, int]]:
-    """The samples whose image file exists. Listed images that are missing stop the run
-    before any work (the rule of training too), with one line naming ``source``'s
-    ``file:line`` of the first missing images and how many are missing; with
-    ``skip_missing`` they are left out with one warning instead.
-
-    Raises:
-        UserFileNotFoundError: images are missing and ``skip_missing`` is False.
-    """
-    source = os.fspath(source)
-    missing = [position for position, (path, _) in enumerate(samples) if not os.path.isfile(path)]
-    if not missing:
-        return list(samples)
-    line_numbers = _datalist_line_numbers(source)
-
-    def place(position: int) -> str:
-        return f"{source}:{line_numbers[position]}" if line_numbers else source
-
-    first_path = samples[missing[0]][0]
-    counted = f"{len(missing)} of {len(samples)} listed images are missing"
-    if skip_missing:
-        warnings.warn(f"{counted}, left out (--skip_missing); first: {place(missing[0])}: {first_path!r}", stacklevel=2)
-        skipped = set(missing)
-        return [sample for position, sample in enumerate(samples) if position not in skipped]
-    others = ""
-    if len(missing) > 1 and line_numbers:
-        numbers = [str(line_numbers[position]) for position in missing[1:]]
-        more = f" and {len(numbers) - 3} more" if len(numbers) > 3 else ""
-        others = f" (also line{'s' if len(numbers) > 1 else ''} {', '.join(numbers[:3])}{more})"
-    raise UserFileNotFoundError(
-        f"{place(missing[0])}: image not found: {first_path!r}; {counted}{others}; check --img_dir, "
-        "or pass --skip_missing to go on without them"
-    )
-
-
-def _datalist_line_numbers(source: str) -> list[int] | None:
-    """The line number of each entry of a datalist (its non-blank lines, as
-    :func:`utils.data.read_datalist` reads them); None for a folder."""
-    if not os.path.isfile(source):
-        return None
-    with open(source, encoding="utf-8") as handle:
-        return [number for number, line in enumerate(handle, start=1) if line.strip()]
 
 
 def build_eval_loader(
