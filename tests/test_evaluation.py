@@ -477,11 +477,11 @@ def test_list_without_readable_image_fails_clearly(trained, dataset, tmp_path, c
     img_dir, _ = dataset
     datalist = tmp_path / "bad.txt"
     datalist.write_text("corrupt.png 1\nmissing.png 2\n")
-    argv = _script_args(trained, (img_dir, str(datalist)), tmp_path / "r.json")
+    argv = _script_args(trained, (img_dir, str(datalist)), tmp_path / "r.json", "--skip_missing")
     with pytest.raises(SystemExit):
         cli(argv, **Evaluation_L_CAM_ResNet50.DEFAULTS)
     error = capsys.readouterr().err
-    assert "no readable image to evaluate (2 unreadable; first:" in error and "corrupt.png" in error
+    assert "no readable image to evaluate (1 unreadable; first:" in error and "corrupt.png" in error
 
 
 def test_conflicting_or_bad_percentages_are_parser_errors(capsys):
