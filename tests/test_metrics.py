@@ -1,4 +1,4 @@
-"""AD, IC, min-max normalisation, keep_top and accuracy on hand-worked examples."""
+"""AD, IC, min-max normalisation, upsampling, keep_top and accuracy on hand-worked examples."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from utils.metrics import (
     ADICMeter,
@@ -15,6 +16,7 @@ from utils.metrics import (
     increase_in_confidence,
     keep_top,
     minmax_normalize,
+    upsample_bilinear,
 )
 
 
@@ -111,3 +113,31 @@ def test_accuracy_top1_top5():
     assert top1 == 50.0
     assert top5 == 50.0  # the second image's class 1 is its 6th
     assert accuracy(logits, torch.tensor([1, 2]), topk=(1, 5)) == [50.0, 100.0]
+
+
+@pytest.mark.parametrize(("low", "high"), [((2, 2), (48, 48)), ((7, 7), (224, 224)), ((3, 5), (17, 40)), ((8, 8), (6, 5))])
+def test_upsample_bilinear_gives_the_values_of_interpolate(low, high):
+    maps = torch.rand(3, 1, *low, generator=torch.Generator().manual_seed(0))
+    expected = F.interpolate(maps, size=high, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(upsample_bilinear(maps, high), expected, rtol=0, atol=3e-7)
+
+
+def test_upsample_bilinear_keeps_ties_exact_whatever_the_batch_and_threads():
+    # a 2 x 2 map at 48 px: each 12 x 12 corner is the corner's value, and the pixels of a
+    # row inside the top band share their interpolation weights with every other row there
+    maps = minmax_normalize(torch.rand(4, 1, 2, 2, generator=torch.Generator().manual_seed(1)))
+    default_threads = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(upsample_bilinear(maps, (48, 48)))
+            results.append(torch.cat([upsample_bilinear(maps[index : index + 1], (48, 48)) for index in range(4)]))
+    finally:
+        torch.set_num_threads(default_threads)
+    batched = results[0]
+    assert all(torch.equal(result, batched) for result in results)
+    for image in batched[:, 0]:
+        assert torch.equal(image[:12, :12], image[0, 0].expand(12, 12))
+        assert (image[:12] == image[0]).all()  # rows of the top band are equal
+        assert (image[:, 36:] == image[:, 47:]).all()  # columns of the right band are equal
