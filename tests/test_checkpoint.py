@@ -12,11 +12,14 @@ import torch
 
 from models import build_model
 from utils.checkpoint import (
+    CheckpointReadError,
     checkpoint_name,
     find_newest_checkpoint,
     get_rng_state,
+    list_checkpoints,
     load_checkpoint,
     make_checkpoint,
+    read_torch_file,
     save_checkpoint,
     set_rng_state,
 )
@@ -180,6 +183,37 @@ def test_newest_checkpoint_by_step_then_project_format(tmp_path):
     assert find_newest_checkpoint(tmp_path) == str(tmp_path / checkpoint_name(2, 30, reference=True))
 
 
+def test_mid_epoch_checkpoints_count_for_resuming_only(tmp_path):
+    for name in (checkpoint_name(0, 3), checkpoint_name(1, 4, mid_epoch=True), checkpoint_name(1, 5, mid_epoch=True)):
+        (tmp_path / name).write_bytes(b"x")
+    assert checkpoint_name(1, 4, mid_epoch=True) == "lcam_epoch_1_glo_step_4_mid.pth.tar"
+    assert find_newest_checkpoint(tmp_path) == str(tmp_path / "lcam_epoch_0_glo_step_3.pth.tar")
+    assert find_newest_checkpoint(tmp_path, mid_epoch=True) == str(tmp_path / "lcam_epoch_1_glo_step_5_mid.pth.tar")
+    assert [os.path.basename(path) for path in list_checkpoints(tmp_path)] == [
+        "lcam_epoch_1_glo_step_5_mid.pth.tar",
+        "lcam_epoch_1_glo_step_4_mid.pth.tar",
+        "lcam_epoch_0_glo_step_3.pth.tar",
+    ]
+    os.remove(tmp_path / "lcam_epoch_0_glo_step_3.pth.tar")  # nothing else: the newest mid-epoch one
+    assert find_newest_checkpoint(tmp_path) == str(tmp_path / "lcam_epoch_1_glo_step_5_mid.pth.tar")
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_truncated_file_is_told_from_a_foreign_one_at_every_length(legacy, tmp_path):
+    """Cut a checkpoint at every length: always "truncated", never "foreign" (which a file
+    cut inside a pickled name could look like)."""
+    whole = tmp_path / "whole.pth.tar"
+    torch.save({"state_dict": {"w": torch.zeros(4)}, "epoch": 1}, whole, _use_new_zipfile_serialization=not legacy)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.pth.tar"
+    for length in range(4, len(data), 3):
+        cut.write_bytes(data[:length])
+        with pytest.raises(CheckpointReadError) as error:
+            read_torch_file(cut)
+        assert error.value.reason.startswith("truncated checkpoint"), (length, error.value.reason)
+    assert read_torch_file(whole, mmap=True)["epoch"] == 1
+
+
 def test_pretrained_path_and_errors(tmp_path):
     import torchvision
 
@@ -204,6 +238,7 @@ def test_download_failure_is_one_line(monkeypatch):
 
     monkeypatch.setattr(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
     with pytest.raises(
-        RuntimeError, match="could not download the ResNet50_Weights.IMAGENET1K_V1 backbone weights .*--backbone_weights PATH"
+        RuntimeError,
+        match="could not download the ResNet50_Weights.IMAGENET1K_V1 backbone weights .*--backbone_weights PATH",
     ):
         build_model("ResNet50_L_CAM_Fm", pretrained=True)

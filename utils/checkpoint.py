@@ -220,23 +220,30 @@ def load_checkpoint(
     return metadata
 
 
-def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``, with a one-line diagnosis when that fails.
 
     Only tensors and plain data are unpickled: a file holding other Python objects (a
     pickled model, NumPy arrays, a plain pickle) is refused, never loaded another way.
+    ``mmap=True`` memory-maps the tensors (cheap for a big file of which little is used);
+    a file in the format before PyTorch 1.6, which cannot be memory-mapped, is read whole.
 
     Raises:
         CheckpointReadError: saying whether the file is empty, truncated, text, a foreign
             pickle or an archive that is not PyTorch's.
     """
     path = os.fspath(path)
-    try:
-        with warnings.catch_warnings():  # torch's note on plain pickles' protocol is not the user's business
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+    with warnings.catch_warnings():  # torch's note on plain pickles' protocol is not the user's business
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        if mmap:
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+            except Exception:  # not a zip archive, or not readable at all: the plain load below says which
+                pass
+        try:
             return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise CheckpointReadError(path, _unreadable_reason(path, error)) from None
+        except Exception as error:
+            raise CheckpointReadError(path, _unreadable_reason(path, error)) from None
 
 
 _ZIP_MAGIC = b"PK\x03\x04"
