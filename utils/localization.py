@@ -71,7 +71,7 @@ def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, tolerance: int = 0) -
     if tolerance < 0:
         raise ValueError(f"'tolerance' must be >= 0, got {tolerance!r}")
     maps, boxes = _check(maps, boxes)
-    flat = maps.reshape(maps.size(0), -1)
+    flat = maps.flatten(1)  # N x HW, also for N = 0
     peak = flat.argmax(dim=1)
     rows, columns = peak // maps.size(2), peak % maps.size(2)
     masks = box_masks(boxes, maps.size(1), maps.size(2), tolerance)
@@ -98,7 +98,8 @@ class LocalizationMeter:
         return sum(len(energy) for energy in self._energy)
 
     def summary(self) -> dict[str, float]:
-        """``energy_in_box`` and ``pointing_game`` in percent, and ``count``."""
+        """``energy_in_box`` and ``pointing_game`` in percent (NaN when every batch added was
+        empty, e.g. no image was classified correctly), and ``count``."""
         if not self._energy:
             raise ValueError("LocalizationMeter.summary(): no batch was added")
         energy, hits = torch.cat(self._energy), torch.cat(self._hits)
