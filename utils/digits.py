@@ -31,11 +31,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils.data import ImageList, check_images_exist, read_datalist
+from utils.errors import UserValueError
 from utils.files import atomic_open, write_json
 
 __all__ = [
     "CLASS_NAMES",
     "INK_THRESHOLD",
+    "DatasetSettingsError",
     "SPLITS",
     "DigitsDataset",
     "DigitsSplit",
@@ -54,6 +56,10 @@ BOX_MARGIN = 2
 NOISE_STD = 0.03
 SETTINGS_FILE = "digits.json"
 FORMAT_VERSION = 1
+
+
+class DatasetSettingsError(UserValueError):
+    """The folder holds a digits dataset made with other settings."""
 
 
 class DigitsDataset(NamedTuple):
@@ -171,6 +177,12 @@ def _settings(seed, canvas_size, counts, digit_size, fragments) -> dict:
     }
 
 
+def _differences(existing: dict, asked: dict) -> str:
+    """``"seed 0 there, 1 asked; ..."`` for the settings that differ."""
+    keys = [key for key in asked if existing.get(key) != asked[key]]
+    return "; ".join(f"{key} {existing.get(key)} there, {asked[key]} asked" for key in keys)
+
+
 def make_digits_dataset(
     root: str | os.PathLike,
     seed: int = 0,
@@ -197,7 +209,9 @@ def make_digits_dataset(
         fragments: (min, max) number of clutter fragments per canvas.
 
     Raises:
-        ValueError: bad sizes or counts, or ``root`` holds a dataset made differently.
+        ValueError: bad sizes or counts.
+        DatasetSettingsError: ``root`` holds a dataset made with other settings (a
+            ``ValueError``; the message names them).
     """
     counts = (num_train, num_val, num_test)
     if any(not isinstance(count, int) or count < 1 for count in counts):
@@ -221,8 +235,9 @@ def make_digits_dataset(
         with open(settings_path, encoding="utf-8") as handle:
             existing = json.load(handle)
         if existing.get("settings") != settings:
-            raise ValueError(
-                f"{root} holds a digits dataset made with other settings ({settings_path}); "
+            raise DatasetSettingsError(
+                f"{root} holds a digits dataset made with other settings "
+                f"({_differences(existing.get('settings') or {}, settings)}); "
                 "choose another directory or pass overwrite=True"
             )
         if all(os.path.isfile(path) for path in dataset[1:5]):
