@@ -1,19 +1,24 @@
-"""The end-to-end demo on bundled data: digits on cluttered canvases, a small CNN, L-CAM heads
-and the baselines, AD/IC and localisation, a results table, figures and checkpoints.
+"""The end-to-end L-CAM demo on bundled data: handwritten digits on cluttered canvases, a
+small CNN, L-CAM heads and the baselines, AD/IC and localisation, a results table, figures
+and checkpoints. Nothing is downloaded.
 
-    python demo.py                      # the full demo (a few minutes on 2 CPU cores)
-    python demo.py --quick              # a smoke run (well under a minute)
+    python demo.py                      # the full demo: about 2 to 3 minutes on 2 CPU cores
+    python demo.py --quick              # a smoke test of every step (about 20 s); its numbers mean nothing
     python demo.py --output_dir runs/my_demo --device cuda
 
-Steps: (1) write the digits dataset (:mod:`utils.digits`); (2) train :class:`DigitsCNN`
-on it; (3) wrap it as L-CAM on any CNN (:class:`models.generic.GenericLCAM`, split
-automatically after its last convolutional stage) and write its "model truth" labels of
-the training images; (4) train the L-CAM-Img and L-CAM-Fm heads with the reference map
-selection and with own-label maps on those labels (:func:`utils.training.fit`); (5) run
-the AD/IC protocol at 100/50/15 % (:func:`utils.evaluation.evaluate`) and the localisation
-metrics (:mod:`utils.localization`) for L-CAM and the baselines (:mod:`utils.baselines`)
-on held-out images; (6) write ``results.{md,csv,json}``, ``overlays.png``,
-``metrics.png`` and the checkpoints under ``--output_dir``.
+Steps: (1) write the digits dataset (utils/digits.py); (2) train a small CNN (DigitsCNN)
+on it; (3) wrap it as L-CAM on any CNN (models/generic.py, split automatically after its
+last convolutional stage) and write its predicted labels of the training images; (4) train
+the L-CAM-Img and L-CAM-Fm heads on those labels, with the reference map selection and with
+own-label maps; (5) evaluate L-CAM and the baselines (Grad-CAM, Grad-CAM++, Score-CAM,
+RISE) on held-out images: Average Drop and Increase in Confidence at 100, 50 and 15 % of
+the map kept, and localisation against the digits' boxes; (6) draw the figures.
+
+Every output goes under --output_dir (checked before any work starts), each as soon as its
+step finishes: classifier.pth and the accuracy in results.json after step 2, the heads'
+checkpoints under heads/ after each epoch, results.md, results.csv and results.json after
+each evaluated method, overlays.png and metrics.png at the end. An interrupted run keeps
+what was finished.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import argparse
 import csv
 import math
 import os
+import platform
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,9 +42,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from models.generic import GenericLCAM
 from utils.baselines import NormalizedClassifier, build_explainer
 from utils.checkpoint import save_checkpoint
-from utils.digits import CLASS_NAMES, DigitsSplit, load_split, make_digits_dataset
+from utils.cli import run_cli
+from utils.digits import CLASS_NAMES, DatasetSettingsError, DigitsSplit, load_split, make_digits_dataset
+from utils.errors import UserError
 from utils.evaluation import LCAMExplainer, evaluate, normalize_and_upsample
-from utils.files import atomic_open, write_json
+from utils.files import atomic_open, ensure_writable, write_json
 from utils.localization import LocalizationMeter
 from utils.optim import build_optimizer
 from utils.runtime import resolve_device, seed_everything
@@ -66,6 +75,10 @@ QUICK = {
     "rise_masks": 64,
     "rise_images": 8,
 }
+QUICK_NOTE = (
+    "--quick trains too little to be accurate: it is a smoke test of every step, and its accuracy "
+    "and table mean nothing (run without --quick for real numbers)"
+)
 
 
 class DigitsCNN(nn.Module):
@@ -132,7 +145,10 @@ class _RecordingExplainer:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, add_help=add_help, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="demo.py",
+        description=__doc__,
+        add_help=add_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--output_dir", default="runs/demo", help="results, figures and checkpoints (default runs/demo)"
@@ -140,7 +156,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--data_dir", default=None, help="where the digits dataset is written (default OUTPUT_DIR/data)"
     )
-    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny data, one epoch each (for CI)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test of every step (tiny data, 1-2 epochs; for CI): too little training to be accurate",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int, default=0, help="seeds the data, the weights and the batches")
     data = parser.add_argument_group("data")
@@ -322,12 +342,14 @@ def evaluate_method(
 
 
 COLUMNS = ("AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "energy_in_box", "pointing_game")
+RESULT_FIELDS = ("method", "name", *COLUMNS, "images", "localised_images", "seconds")
 
 
 def write_results(rows: list[dict], info: dict[str, Any], output_dir: str) -> str:
-    """results.csv, results.json and results.md; returns the markdown table."""
+    """results.csv, results.json and results.md (the rows so far, which may be none);
+    returns the markdown table."""
     with atomic_open(os.path.join(output_dir, "results.csv"), newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=RESULT_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     write_json(os.path.join(output_dir, "results.json"), {"info": info, "results": rows})
@@ -349,8 +371,11 @@ def write_results(rows: list[dict], info: dict[str, Any], output_dir: str) -> st
         lines.append(f"| {row['name']} | " + " | ".join(values) + f" | {row['images']} |")
     table = "\n".join(lines)
     with atomic_open(os.path.join(output_dir, "results.md")) as handle:
-        handle.write(f"# L-CAM demo results\n\n{table}\n\n")
-        handle.write("".join(f"- {key}: {value}\n" for key, value in info.items()))
+        handle.write("# L-CAM demo results\n\n")
+        if "note" in info:
+            handle.write(f"{info['note']}\n\n")
+        handle.write(f"{table}\n\n")
+        handle.write("".join(f"- {key}: {value}\n" for key, value in info.items() if key != "note"))
     return table
 
 
@@ -403,27 +428,82 @@ def save_overlays(test: DigitsSplit, keys: list[str], maps: dict[str, torch.Tens
     return save_table(cells, path, column_titles=titles, cell_inches=1.6)
 
 
+class _RunRecord:
+    """The run's settings, status and seconds per step; written with the results so far
+    after each step (:func:`write_results`), so an interrupted run keeps what was done."""
+
+    def __init__(self, info: dict[str, Any], output_dir: str) -> None:
+        self.output_dir = output_dir
+        self.start = self._lap = time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self.info = {**info, "status": "started", "seconds": 0.0, "seconds_per_step": self.timings}
+
+    def tick(self, step: str) -> None:
+        """Record the seconds since the previous step ended."""
+        now = time.perf_counter()
+        self.timings[step] = round(now - self._lap, 1)
+        self._lap = now
+
+    def write(self, rows: list[dict], status: str) -> str:
+        self.info.update(status=status, seconds=round(time.perf_counter() - self.start, 1))
+        return write_results(rows, self.info, self.output_dir)
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The ``python demo.py ...`` command line of ``args`` (flags at their default left out)."""
+    defaults = vars(get_args_parser(add_help=False).parse_args([]))
+    flags = [
+        f"--{key}" if value is True else f"--{key} {value}"
+        for key, value in vars(args).items()
+        if value != defaults.get(key)
+    ]
+    return " ".join(["python demo.py", *flags])
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), for the record of the run."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> list[dict]:
     parser = parser or get_args_parser()
+    command = _command(args)
     methods = _check_args(args, parser)
-    start = time.perf_counter()
-    timings: dict[str, float] = {}
-    lap = [start]
-
-    def tick(step: str) -> None:
-        now = time.perf_counter()
-        timings[step] = round(now - lap[0], 1)
-        lap[0] = now
-
     device = resolve_device(args.device)
-    seed_everything(args.seed)
-    os.makedirs(args.output_dir, exist_ok=True)
+    ensure_writable(args.output_dir, "--output_dir", is_folder=True)
     data_dir = args.data_dir or os.path.join(args.output_dir, "data")
+    ensure_writable(data_dir, "--data_dir", is_folder=True)
+    record = _RunRecord(
+        {
+            "command": command,
+            **({"note": QUICK_NOTE} if args.quick else {}),
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "args": vars(args),
+        },
+        args.output_dir,
+    )
+    seed_everything(args.seed)
+
     print(f"[1/6] digits dataset in {data_dir}")
-    dataset = make_digits_dataset(data_dir, args.seed, args.canvas_size, args.num_train, args.num_val, args.num_test)
+    try:
+        dataset = make_digits_dataset(
+            data_dir, args.seed, args.canvas_size, args.num_train, args.num_val, args.num_test
+        )
+    except DatasetSettingsError as error:
+        raise UserError(f"{error}; choose another folder with --data_dir (or delete that dataset)") from None
     train, val = load_split(dataset, "train"), load_split(dataset, "val")
     test = load_split(dataset, "test", limit=args.eval_images)
-    tick("data")
+    record.tick("data")
 
     print(
         f"[2/6] DigitsCNN (width {args.width}) on {len(train.labels)} canvases, {args.classifier_epochs} epochs, {device}"
@@ -435,7 +515,9 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         for split, data in (("val", val), ("test", test))
     }
     print(f"      accuracy: val {accuracy['val']:.1f} %, held-out test {accuracy['test']:.1f} %")
-    if not args.quick and accuracy["test"] < 95:
+    if args.quick:
+        print(f"      note: {QUICK_NOTE}")
+    elif accuracy["test"] < 95:
         print(
             "      warning: below 95 % held-out accuracy; the explanations mean less (train longer: --classifier_epochs)"
         )
@@ -443,8 +525,12 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         {"state_dict": network.state_dict(), "args": vars(args), "accuracy": accuracy},
         os.path.join(args.output_dir, "classifier.pth"),
     )
+    record.info.update(
+        classifier_accuracy_val=round(accuracy["val"], 2), classifier_accuracy_test=round(accuracy["test"], 2)
+    )
+    record.tick("classifier")
+    record.write([], "classifier trained (classifier.pth); no method evaluated yet")
 
-    tick("classifier")
     print("[3/6] model-truth labels of the training images")
     model_truth = predict(classifier, train.images, device)
     write_model_truth(os.path.join(args.output_dir, "model_truth_train.txt"), train, model_truth, dataset.root)
@@ -457,39 +543,43 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
             f"[4/6] L-CAM head {number}/{len(lcam_keys)}: {LCAM_METHODS[key][0]}, {args.head_epochs} epochs on {len(head_labels)} images"
         )
         heads[key] = train_head(args, key, network, head_images, head_labels, device)
-        tick(f"train {key}")
+        record.tick(f"train {key}")
 
     rows, maps = [], {}
-    for key in methods:
+    for number, key in enumerate(methods, start=1):
         count = args.rise_images if key == "rise" else args.eval_images
         print(f"[5/6] evaluating {key} on {count} held-out images")
         explainer = _explainer(key, heads, classifier, args)
         row, maps[key] = evaluate_method(key, explainer, classifier, test, count, args, device)
         rows.append(row)
-        tick(f"evaluate {key}")
+        record.tick(f"evaluate {key}")
+        record.write(rows, f"{number} of {len(methods)} methods evaluated")
 
-    print("[6/6] results and figures")
-    info = {
-        "command": "python demo.py" + (" --quick" if args.quick else ""),
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "classifier_accuracy_val": round(accuracy["val"], 2),
-        "classifier_accuracy_test": round(accuracy["test"], 2),
-        "seconds": round(time.perf_counter() - start, 1),
-        "seconds_per_step": timings,
-        "args": vars(args),
-    }
-    table = write_results(rows, info, args.output_dir)
+    print("[6/6] figures")
     save_metrics_figure(rows, os.path.join(args.output_dir, "metrics.png"))
     save_overlays(test, methods, maps, args.overlay_images, os.path.join(args.output_dir, "overlays.png"))
-    tick("results")
+    record.tick("figures")
+    table = record.write(rows, "complete")
     print(table)
-    print("seconds per step: " + ", ".join(f"{step} {seconds}" for step, seconds in timings.items()))
+    if args.quick:
+        print(f"note: {QUICK_NOTE}")
+    print("seconds per step: " + ", ".join(f"{step} {seconds}" for step, seconds in record.timings.items()))
     print(
-        f"held-out accuracy {accuracy['test']:.1f} %; total {time.perf_counter() - start:.0f} s; outputs in {args.output_dir}"
+        f"held-out accuracy {accuracy['test']:.1f} %; total {record.info['seconds']:.0f} s; outputs in {args.output_dir}"
     )
     return rows
 
 
+def cli(argv: Sequence[str] | None = None) -> list[dict]:
+    """The demo command: user errors end in one line (exit status 2), Ctrl-C keeps what was done."""
+    parser = get_args_parser()
+    return run_cli(
+        lambda args: main(args, parser),
+        parser,
+        argv,
+        interrupted_hint="; the finished steps are saved in --output_dir (results.json says which)",
+    )
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli()

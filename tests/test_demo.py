@@ -1,5 +1,6 @@
 """The end-to-end demo (demo.py): a shortened run writes every output, the CNN goes through
-the generic path, bad flags fail in one line."""
+the generic path, the help is plain words, bad flags and unwritable folders fail in one line
+before any work, and an interrupted run keeps the steps it finished."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import demo
 from models import build_model
 from models.generic import GenericLCAM
 from utils.checkpoint import find_newest_checkpoint, load_checkpoint
+from utils.digits import make_digits_dataset
 
 
 def test_digits_cnn_splits_after_its_last_stage_and_loads_by_path(images):
@@ -26,11 +28,12 @@ def test_digits_cnn_splits_after_its_last_stage_and_loads_by_path(images):
     assert out.cams.shape == (2, 10, 8, 8)
 
 
-def test_quick_demo_writes_table_figures_and_checkpoints(tmp_path):
+def test_quick_demo_writes_table_figures_and_checkpoints(tmp_path, capsys):
     output_dir = tmp_path / "demo"
     parser = demo.get_args_parser()
     args = parser.parse_args(["--quick", "--output_dir", str(output_dir), "--device", "cpu", "--eval_images", "24"])
     rows = demo.main(args, parser)
+    assert f"note: {demo.QUICK_NOTE}" in capsys.readouterr().out  # a quick run says its numbers mean nothing
 
     assert [row["method"] for row in rows] == list(demo.ALL_METHODS)
     for row in rows:
@@ -42,8 +45,12 @@ def test_quick_demo_writes_table_figures_and_checkpoints(tmp_path):
     with open(output_dir / "results.json", encoding="utf-8") as handle:
         stored = json.load(handle)
     assert stored["results"] == json.loads(json.dumps(rows)) and stored["info"]["device"] == "cpu"
+    assert stored["info"]["status"] == "complete" and stored["info"]["note"] == demo.QUICK_NOTE
+    assert (
+        stored["info"]["command"] == f"python demo.py --output_dir {output_dir} --quick --device cpu --eval_images 24"
+    )
     markdown = (output_dir / "results.md").read_text(encoding="utf-8")
-    assert all(name in markdown for name, _ in demo.LCAM_METHODS.values())
+    assert all(name in markdown for name, _ in demo.LCAM_METHODS.values()) and demo.QUICK_NOTE in markdown
     with open(output_dir / "model_truth_train.txt", encoding="utf-8") as handle:
         lines = handle.read().splitlines()
     assert len(lines) == demo.QUICK["num_train"] and lines[0].startswith("images/train/")
@@ -70,3 +77,67 @@ def test_bad_flags_fail_in_one_line(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit):
         demo.main(parser.parse_args(["--output_dir", str(tmp_path), *flags]), parser)
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_help_is_plain_words(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.cli(["-h"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--output_dir" in help_text and "smoke test" in help_text
+    for markup in ("``", ":mod:", ":func:", ":class:", "a few minutes"):
+        assert markup not in help_text, markup
+
+
+@pytest.mark.parametrize("flag", ["--output_dir", "--data_dir"])
+def test_unwritable_folder_fails_in_one_line_before_any_work(flag, tmp_path, capsys, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the demo started working before checking its folders")
+
+    monkeypatch.setattr(demo, "make_digits_dataset", must_not_run)
+    blocker = tmp_path / "a_file"  # a regular file used as a folder: unwritable even for root
+    blocker.write_text("")
+    folders = {"--output_dir": str(tmp_path / "out"), "--data_dir": str(tmp_path / "data"), flag: str(blocker / "sub")}
+    with pytest.raises(SystemExit) as exit_info:
+        demo.cli(["--quick", *(item for pair in folders.items() for item in pair)])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert re.fullmatch(f"demo.py: error: cannot write to .*a_file/sub.* \\({flag}\\).*{flag}\n", captured.err)
+
+
+def test_dataset_of_other_settings_fails_in_one_line_naming_the_flag(tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    make_digits_dataset(data_dir, num_train=3, num_val=2, num_test=2, progress=False)
+    with pytest.raises(SystemExit) as exit_info:
+        demo.cli(["--quick", "--output_dir", str(tmp_path / "out"), "--data_dir", str(data_dir)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "other settings (counts" in error and "with --data_dir" in error
+
+
+def test_interrupted_demo_keeps_the_finished_steps(tmp_path, capsys, monkeypatch):
+    evaluate_method = demo.evaluate_method
+
+    def interrupted_at_the_second_method(key, *args, **kwargs):
+        if key == "gradcam":
+            raise KeyboardInterrupt
+        return evaluate_method(key, *args, **kwargs)
+
+    monkeypatch.setattr(demo, "evaluate_method", interrupted_at_the_second_method)
+    output_dir = tmp_path / "out"
+    flags = ["--num_train", "64", "--classifier_epochs", "1", "--eval_images", "8", "--head_train_images", "32"]
+    with pytest.raises(SystemExit) as exit_info:
+        demo.cli(["--quick", "--output_dir", str(output_dir), "--methods", "lcam_img_own,gradcam", *flags])
+    assert exit_info.value.code == 130
+    assert "demo.py: interrupted; the finished steps are saved" in capsys.readouterr().err
+
+    assert torch.load(output_dir / "classifier.pth", weights_only=True)["accuracy"]["test"] >= 0
+    assert find_newest_checkpoint(output_dir / "heads" / "lcam_img_own") is not None
+    with open(output_dir / "results.json", encoding="utf-8") as handle:
+        stored = json.load(handle)
+    assert stored["info"]["status"] == "1 of 2 methods evaluated" and "classifier_accuracy_test" in stored["info"]
+    assert [row["method"] for row in stored["results"]] == ["lcam_img_own"]
+    assert "L-CAM-Img (own-label maps)" in (output_dir / "results.md").read_text(encoding="utf-8")
+    assert (output_dir / "results.csv").read_text(encoding="utf-8").count("\n") == 2  # header and one row
+    assert not (output_dir / "metrics.png").exists()  # the figures come after the last method
