@@ -147,6 +147,29 @@ def test_evaluation_unwritable_output_fails_before_any_work(checkpoint, images, 
     assert _checksums(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    ("contents", "words"),
+    [
+        (b"", ("empty",)),
+        (b"this is a text file, not a checkpoint\n", ("not a checkpoint",)),
+        (None, ("not loaded",)),  # a pickled Python object: never unpickled
+    ],
+    ids=["empty", "text", "foreign-pickle"],
+)
+def test_evaluation_unreadable_checkpoint_is_one_line(images, tmp_path, capsys, contents, words):
+    path = tmp_path / "head.pth.tar"
+    if contents is None:
+        torch.save({"state_dict": {"weight": torch.zeros(2)}, "model": TinyCNN()}, path)
+    else:
+        path.write_bytes(contents)
+    before = _checksums(tmp_path)
+    argv = _evaluation_argv(str(path), images, tmp_path / "out" / "result.json")
+    assert _exit_status(_evaluation, argv) == 2
+    line = _error_line(capsys.readouterr().err, "head.pth.tar", *words)
+    assert "weights_only" not in line
+    assert _checksums(tmp_path) == before
+
+
 def test_evaluation_refuses_missing_images_naming_file_and_line(checkpoint, images, tmp_path, monkeypatch, capsys):
     output = tmp_path / "out" / "result.json"
     output.parent.mkdir()

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from models import ARCH_CHOICES, GENERIC, build_model
 from models.lcam import LCAM, LCAMOutput
-from utils.checkpoint import FORMAT, find_newest_checkpoint, load_checkpoint
+from utils.checkpoint import FORMAT, find_newest_checkpoint, load_checkpoint, read_torch_file
 from utils.data import Batch, ImageList, build_loader, eval_transform
 from utils.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
 from utils.errors import abbreviate
@@ -574,17 +574,6 @@ def resolve_checkpoint(restore_from: str | None, snapshot_dir: str | None, resum
     return newest
 
 
-def _read_header(path: str) -> dict[str, Any]:
-    """The checkpoint's dict, memory-mapped when the file allows it (cheap for big files)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # legacy (non-zip) files can't be memory-mapped; read them normally
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(f"{path}: not a readable checkpoint ({error.__class__.__name__}: {error})") from error
-
-
 def _weights_name(recorded: str) -> bool | str:
     """A checkpoint's recorded ``backbone_weights`` as a ``pretrained`` argument:
     ``"VGG16_Weights.IMAGENET1K_V1"`` -> ``"IMAGENET1K_V1"``, ``"none"`` -> False, a path as is."""
@@ -627,7 +616,7 @@ def load_lcam_model(
         path = resolve_checkpoint(path, None)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
-    header = _read_header(path)
+    header = read_torch_file(path, mmap=True)  # memory-mapped: cheap for big files
     if not isinstance(header, dict):
         raise ValueError(f"{path}: not a checkpoint (a {type(header).__name__}, expected a dict)")
     recorded_arch = header.get("arch")

@@ -41,6 +41,9 @@ def ensure_writable(path: str | os.PathLike, flag: str, is_folder: bool = False)
         os.remove(probe)
     except OSError as error:
         reason = error.strerror or error.__class__.__name__
+        blocking_file = _existing_file_on_the_way(folder)
+        if blocking_file is not None:
+            reason = f"{blocking_file!r} is a file, not a folder"
         raise UserError(f"cannot write to {folder!r} ({flag}): {reason}; choose another folder with {flag}") from None
     return path
 
@@ -70,3 +73,15 @@ def write_json(
     with atomic_open(path) as handle:
         json.dump(document, handle, indent=indent, default=default)
     return os.fspath(path)
+
+
+def _existing_file_on_the_way(folder: str) -> str | None:
+    """The first regular file among ``folder`` and its parents, if one stands there."""
+    current = os.path.abspath(folder)
+    while True:
+        if os.path.isfile(current):
+            return current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
