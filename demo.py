@@ -6,7 +6,7 @@ and checkpoints. Nothing is downloaded.
     python demo.py --quick              # a smoke test of every step (about 20 s); its numbers mean nothing
     python demo.py --output_dir runs/my_demo --device cuda
 
-Steps: (1) write the digits dataset (utils/digits.py); (2) train a small CNN (DigitsCNN)
+Steps: (1) write the digits dataset (utils/data/digits.py); (2) train a small CNN (DigitsCNN)
 on it; (3) wrap it as L-CAM on any CNN (models/generic.py, split automatically after its
 last convolutional stage) and write its predicted labels of the training images; (4) train
 the L-CAM-Img and L-CAM-Fm heads on those labels, with the reference map selection and with
@@ -40,18 +40,18 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from models.generic import GenericLCAM
-from utils.baselines import NormalizedClassifier, build_explainer
-from utils.checkpoint import save_checkpoint
-from utils.cli import run_cli
-from utils.digits import CLASS_NAMES, DatasetSettingsError, DigitsSplit, load_split, make_digits_dataset
-from utils.errors import UserError
+from utils.core.checkpoint import save_checkpoint
+from utils.core.cli import run_cli
+from utils.core.errors import UserError
+from utils.core.files import atomic_open, ensure_writable, write_json
+from utils.core.runtime import resolve_device, seed_everything
+from utils.data.digits import CLASS_NAMES, DatasetSettingsError, DigitsSplit, load_split, make_digits_dataset
 from utils.evaluation import LCAMExplainer, evaluate, normalize_and_upsample
-from utils.files import atomic_open, ensure_writable, write_json
-from utils.localization import LocalizationMeter
-from utils.optim import build_optimizer
-from utils.runtime import resolve_device, seed_everything
-from utils.training import TrainOptions, fit
-from utils.visualize import overlay, save_table, to_pil
+from utils.evaluation.localization import LocalizationMeter
+from utils.evaluation.visualize import overlay, save_table, to_pil
+from utils.explainers.baselines import NormalizedClassifier, build_explainer
+from utils.training.loop import TrainOptions, fit
+from utils.training.optim import build_optimizer
 
 PERCENTAGES = (0.0, 0.5, 0.85)  # fractions of pixels dropped: 100 %, 50 %, 15 % kept
 LCAM_METHODS = {

@@ -16,21 +16,10 @@ import warnings
 import torch
 
 from models import ARCH_CHOICES, GENERIC, build_model
-from utils.checkpoint import list_checkpoints
-from utils.cli import run_cli
-from utils.data import (
-    ImageList,
-    ResumableSampler,
-    SeededAugmentation,
-    build_loader,
-    check_images_exist,
-    samples_from,
-    train_transform,
-)
-from utils.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
-from utils.files import ensure_writable
-from utils.optim import build_optimizer
-from utils.runtime import (
+from utils.core.checkpoint import list_checkpoints
+from utils.core.cli import REPO_ROOT, run_cli
+from utils.core.files import ensure_writable
+from utils.core.runtime import (
     AMP_CHOICES,
     add_compile_argument,
     add_deterministic_argument,
@@ -40,7 +29,17 @@ from utils.runtime import (
     init_distributed,
     seed_everything,
 )
-from utils.training import (
+from utils.data.datalists import (
+    ImageList,
+    ResumableSampler,
+    SeededAugmentation,
+    build_loader,
+    check_images_exist,
+    samples_from,
+    train_transform,
+)
+from utils.data.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
+from utils.training.loop import (
     TrainOptions,
     TrainState,
     archive_previous_run,
@@ -48,8 +47,9 @@ from utils.training import (
     fit,
     resume_training,
 )
+from utils.training.optim import build_optimizer
 
-ROOT_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT_DIR = REPO_ROOT
 REFERENCE_EPOCHS = {"VGG16": 8, "ResNet50": 26, GENERIC: 8}
 
 

@@ -1,5 +1,5 @@
 """Does the data path keep up? JPEG decode + resize + crop with PIL in DataLoader workers,
-and on the device (``utils.device_decode``), against a training step, in one run.
+and on the device (``utils.data.device_decode``), against a training step, in one run.
 
     python -m bench.bench_data --device cuda --num_workers 16 --images 512
     python -m bench.bench_data --device cpu --num_workers 2 --images 64 --arch ResNet50_L_CAM_Fm
@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 from bench import bench_lcam
-from utils.data import ImageList, build_loader, eval_transform
-from utils.device_decode import DeviceDecoder, EncodedImageList, collate_encoded
-from utils.files import write_json
-from utils.runtime import resolve_device
+from utils.core.files import write_json
+from utils.core.runtime import resolve_device
+from utils.data.datalists import ImageList, build_loader, eval_transform
+from utils.data.device_decode import DeviceDecoder, EncodedImageList, collate_encoded
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -28,11 +28,11 @@ import torch
 import torchvision
 
 from models import build_model
-from utils.baselines import NormalizedClassifier, build_explainer
+from utils.core.files import atomic_open, write_json
+from utils.core.runtime import add_compile_argument, autocast, compile_function, configure_backends, resolve_device
 from utils.evaluation import LCAMExplainer, evaluate
-from utils.files import atomic_open, write_json
-from utils.optim import build_optimizer
-from utils.runtime import add_compile_argument, autocast, compile_function, configure_backends, resolve_device
+from utils.explainers.baselines import NormalizedClassifier, build_explainer
+from utils.training.optim import build_optimizer
 
 FAMILIES = {
     "vgg16": ("VGG16_L_CAM_Fm", "VGG16_L_CAM_Img", torchvision.models.vgg16),

@@ -13,7 +13,7 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from utils.files import atomic_open
+from utils.core.files import atomic_open
 
 FAMILY_NAMES = {"vgg16": "VGG-16", "resnet50": "ResNet-50"}
 

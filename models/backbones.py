@@ -15,8 +15,8 @@ import torchvision
 from torch import nn
 
 from models.lcam import LCAM
-from utils.checkpoint import CheckpointReadError, read_torch_file
-from utils.errors import (
+from utils.core.checkpoint import CheckpointReadError, read_torch_file
+from utils.core.errors import (
     UserError,
     UserFileNotFoundError,
     UserTypeError,

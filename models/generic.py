@@ -55,7 +55,7 @@ from torch import fx, nn
 
 from models.backbones import load_torchvision_classifier, read_state_dict
 from models.lcam import LCAM, variant
-from utils.errors import UserFileNotFoundError, UserValueError, closest_names, state_dict_mismatch
+from utils.core.errors import UserFileNotFoundError, UserValueError, closest_names, state_dict_mismatch
 
 __all__ = [
     "GENERIC_ARCH",

@@ -30,11 +30,11 @@ from matplotlib.figure import Figure
 
 from models import ARCH_CHOICES
 from models.backbones import load_torchvision_classifier
-from scripts.evaluate import HelpFormatter
-from utils.baselines import BASELINES, RISE_DEFAULT_MASKS, NormalizedClassifier, build_explainer
-from utils.cli import run_cli
-from utils.data import check_images_exist, samples_from
-from utils.errors import UserValueError, closest_names
+from utils.core.cli import HelpFormatter, run_cli
+from utils.core.errors import UserValueError, closest_names
+from utils.core.files import atomic_open, ensure_writable, write_json
+from utils.core.runtime import AMP_CHOICES, resolve_device, seed_everything
+from utils.data.datalists import check_images_exist, samples_from
 from utils.evaluation import (
     LCAMExplainer,
     build_eval_loader,
@@ -46,9 +46,8 @@ from utils.evaluation import (
     warn_unreadable,
     write_result,
 )
-from utils.files import atomic_open, ensure_writable, write_json
-from utils.runtime import AMP_CHOICES, resolve_device, seed_everything
-from utils.visualize import overlay, save_table, to_pil
+from utils.evaluation.visualize import overlay, save_table, to_pil
+from utils.explainers.baselines import BASELINES, RISE_DEFAULT_MASKS, NormalizedClassifier, build_explainer
 
 __all__ = ["FAMILIES", "Entry", "TimedExplainer", "get_args_parser", "main"]
 
@@ -426,7 +425,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
             "device": device_name,
         }
         if args.road:
-            from utils.road import evaluate_road
+            from utils.evaluation.road import evaluate_road
 
             row.update(
                 evaluate_road(

@@ -15,9 +15,17 @@ from typing import Any
 import torch
 
 from models import ARCH_CHOICES
-from utils.cli import run_cli
-from utils.data import check_images_exist, samples_from
-from utils.errors import UserFileNotFoundError
+from utils.core.cli import REPO_ROOT, HelpFormatter, run_cli
+from utils.core.errors import UserFileNotFoundError
+from utils.core.files import ensure_writable
+from utils.core.runtime import (
+    AMP_CHOICES,
+    add_compile_argument,
+    add_deterministic_argument,
+    configure_backends,
+    resolve_device,
+)
+from utils.data.datalists import check_images_exist, samples_from
 from utils.evaluation import (
     EvaluationResult,
     LCAMExplainer,
@@ -30,27 +38,8 @@ from utils.evaluation import (
     warn_unreadable,
     write_result,
 )
-from utils.files import ensure_writable
-from utils.runtime import (
-    AMP_CHOICES,
-    add_compile_argument,
-    add_deterministic_argument,
-    configure_backends,
-    resolve_device,
-)
 
-__all__ = ["REPO_ROOT", "HelpFormatter", "cli", "get_args_parser", "main"]
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default, unless it is None or empty (those say theirs in brackets)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, "") or isinstance(action.default, bool):
-            return action.help or ""
-        return super()._get_help_string(action)
+__all__ = ["cli", "get_args_parser", "main"]
 
 
 def get_args_parser(

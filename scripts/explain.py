@@ -20,9 +20,11 @@ from tqdm import tqdm
 
 from models import ARCH_CHOICES
 from models.lcam import LCAM
-from scripts.evaluate import REPO_ROOT, HelpFormatter
-from utils.cli import run_cli
-from utils.data import (
+from utils.core.cli import REPO_ROOT, HelpFormatter, run_cli
+from utils.core.errors import UserFileNotFoundError, UserValueError
+from utils.core.files import ensure_writable, write_json
+from utils.core.runtime import AMP_CHOICES, autocast, resolve_device
+from utils.data.datalists import (
     IMAGE_EXTENSIONS,
     ImageList,
     check_images_exist,
@@ -30,16 +32,13 @@ from utils.data import (
     eval_transform,
     read_datalist,
 )
-from utils.errors import UserFileNotFoundError, UserValueError
 from utils.evaluation import (
     load_lcam_model,
     normalize_and_upsample,
     resolve_checkpoint,
     warn_unreadable,
 )
-from utils.files import ensure_writable, write_json
-from utils.runtime import AMP_CHOICES, autocast, resolve_device
-from utils.visualize import overlay, save_grid, to_pil
+from utils.evaluation.visualize import overlay, save_grid, to_pil
 
 __all__ = [
     "Explanation",

@@ -28,8 +28,11 @@ from tqdm import tqdm
 
 from models.backbones import load_torchvision_classifier
 from models.lcam import IMAGENET_MEAN, IMAGENET_STD
-from utils.cli import run_cli
-from utils.data import (
+from utils.core.cli import REPO_ROOT, run_cli
+from utils.core.errors import UserValueError
+from utils.core.files import atomic_open, ensure_writable
+from utils.core.runtime import AMP_CHOICES, autocast, resolve_device, seed_everything
+from utils.data.datalists import (
     IMAGE_EXTENSIONS,
     ImageList,
     build_loader,
@@ -38,14 +41,11 @@ from utils.data import (
     folder_samples,
     read_datalist,
 )
-from utils.errors import UserValueError
 from utils.evaluation import warn_unreadable
-from utils.files import atomic_open, ensure_writable
-from utils.runtime import AMP_CHOICES, autocast, resolve_device, seed_everything
 
 __all__ = ["BACKBONES", "get_args_parser", "main", "make_train_list", "make_val_list", "read_ground_truth"]
 
-ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT_DIR = REPO_ROOT
 BACKBONES = {
     "VGG16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights),
     "ResNet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),

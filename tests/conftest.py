@@ -84,7 +84,7 @@ def tiny_classifier():
     16 channels, 8 x 8 at 32 px), small enough for Score-CAM, RISE and ROAD loops."""
     from torch import nn
 
-    from utils.baselines import NormalizedClassifier
+    from utils.explainers.baselines import NormalizedClassifier
 
     def make(seed: int = 0) -> NormalizedClassifier:
         torch.manual_seed(seed)

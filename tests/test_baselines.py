@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from utils.baselines import (
+from utils.evaluation.metrics import minmax_normalize
+from utils.explainers.baselines import (
     BASELINES,
     PACKAGE_METHODS,
     RISE,
@@ -20,7 +21,6 @@ from utils.baselines import (
     capture_activations,
     generate_rise_masks,
 )
-from utils.metrics import minmax_normalize
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # much faster on a loaded CPU
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models import build_model
-from utils.checkpoint import (
+from utils.core.checkpoint import (
     CheckpointReadError,
     checkpoint_name,
     find_newest_checkpoint,
@@ -23,7 +23,7 @@ from utils.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from utils.optim import adjust_lr, build_optimizer
+from utils.training.optim import adjust_lr, build_optimizer
 
 
 def _reference_snapshot(model, epoch=3, step=120):

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from utils.cli import run_cli
+from utils.core.cli import run_cli
 
 
 def _parser():

@@ -16,10 +16,10 @@ from models import build_model
 from scripts import compare
 from scripts.evaluate import get_args_parser as evaluation_parser
 from scripts.evaluate import main as evaluation_main
-from utils.baselines import NormalizedClassifier, build_explainer
-from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.data import samples_from
+from utils.core.checkpoint import make_checkpoint, save_checkpoint
+from utils.data.datalists import samples_from
 from utils.evaluation import build_eval_loader, evaluate
+from utils.explainers.baselines import NormalizedClassifier, build_explainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # much faster on a loaded CPU
 

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from models import build_model
-from utils.device_decode import DeviceDecoder, EncodedImageList, collate_encoded
+from utils.data.device_decode import DeviceDecoder, EncodedImageList, collate_encoded
 from utils.evaluation import LCAMExplainer, evaluate
-from utils.optim import build_optimizer
-from utils.training import TrainOptions, train_one_epoch
+from utils.training.loop import TrainOptions, train_one_epoch
+from utils.training.optim import build_optimizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

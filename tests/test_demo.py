@@ -15,8 +15,8 @@ import torch
 import demo
 from models import build_model
 from models.generic import GenericLCAM
-from utils.checkpoint import find_newest_checkpoint, load_checkpoint
-from utils.digits import make_digits_dataset
+from utils.core.checkpoint import find_newest_checkpoint, load_checkpoint
+from utils.data.digits import make_digits_dataset
 
 
 def test_digits_cnn_splits_after_its_last_stage_and_loads_by_path(images):

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from utils.data import ImageList, eval_transform
-from utils.device_decode import DeviceDecoder, EncodedImageList, collate_encoded
+from utils.data.datalists import ImageList, eval_transform
+from utils.data.device_decode import DeviceDecoder, EncodedImageList, collate_encoded
 
 
 @pytest.fixture
@@ -101,8 +101,8 @@ def test_crop_larger_than_resize_is_rejected():
 
 
 def test_decoding_loader_wraps_a_resumable_loader(image_files):
-    from utils.data import ResumableSampler, build_loader
-    from utils.device_decode import DecodingLoader
+    from utils.data.datalists import ResumableSampler, build_loader
+    from utils.data.device_decode import DecodingLoader
 
     dataset = EncodedImageList(image_files)
     sampler = ResumableSampler(dataset, shuffle=True, seed=3)

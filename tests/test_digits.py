@@ -1,4 +1,4 @@
-"""The embedded digits dataset (utils/digits.py): deterministic files, boxes around the digit."""
+"""The embedded digits dataset (utils/data/digits.py): deterministic files, boxes around the digit."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.data import read_datalist
-from utils.digits import (
+from utils.data.datalists import read_datalist
+from utils.data.digits import (
     INK_THRESHOLD,
     SPLITS,
     load_split,

@@ -24,10 +24,11 @@ from torchvision.models.resnet import Bottleneck
 import Evaluation_L_CAM_ResNet50
 import Evaluation_L_CAM_VGG16
 from models import build_model
-from scripts.evaluate import REPO_ROOT, cli, get_args_parser
+from scripts.evaluate import cli, get_args_parser
 from tests.toy_models import tiny_lcam
-from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.data import Batch
+from utils.core.checkpoint import make_checkpoint, save_checkpoint
+from utils.core.cli import REPO_ROOT
+from utils.data.datalists import Batch
 from utils.evaluation import (
     EvaluationResult,
     LCAMExplainer,
@@ -37,7 +38,7 @@ from utils.evaluation import (
     parse_percentages,
     write_result,
 )
-from utils.metrics import average_drop, increase_in_confidence
+from utils.evaluation.metrics import average_drop, increase_in_confidence
 
 ARCH = "ResNet50_L_CAM_Img"
 NUM_CLASSES = 10

@@ -15,8 +15,8 @@ from PIL import Image
 
 from scripts.explain import class_names_for, collect_inputs, explain_images, get_args_parser, main
 from tests.toy_models import tiny_lcam
-from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.cli import run_cli
+from utils.core.checkpoint import make_checkpoint, save_checkpoint
+from utils.core.cli import run_cli
 
 CROP = 32
 

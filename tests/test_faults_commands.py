@@ -23,9 +23,8 @@ import Evaluation_L_CAM_VGG16
 from models import build_model
 from scripts import compare, explain, make_datalist
 from scripts import evaluate as evaluate_script
-from scripts.evaluate import REPO_ROOT
-from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.cli import run_cli
+from utils.core.checkpoint import make_checkpoint, save_checkpoint
+from utils.core.cli import REPO_ROOT, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

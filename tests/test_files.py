@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from utils.files import atomic_open, write_json
+from utils.core.files import atomic_open, write_json
 
 
 def test_atomic_open_replaces_the_file_only_when_the_block_ends(tmp_path):

@@ -8,7 +8,7 @@ from torch import nn
 
 from models import build_model
 from models.generic import GenericLCAM, find_feature_layer, load_network
-from utils.optim import build_optimizer
+from utils.training.optim import build_optimizer
 
 
 def small_sequential_cnn(num_classes: int = 4) -> nn.Module:

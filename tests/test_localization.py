@@ -1,11 +1,11 @@
-"""Energy in box and pointing game (utils/localization.py), on hand-computed maps."""
+"""Energy in box and pointing game (utils/evaluation/localization.py), on hand-computed maps."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from utils.localization import LocalizationMeter, box_masks, energy_in_box, pointing_game
+from utils.evaluation.localization import LocalizationMeter, box_masks, energy_in_box, pointing_game
 
 
 def test_box_masks_have_exclusive_ends_and_tolerance():

@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 
 from scripts import make_datalist
-from utils.data import eval_transform, read_datalist
+from utils.data.datalists import eval_transform, read_datalist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

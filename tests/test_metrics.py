@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.metrics import (
+from utils.evaluation.metrics import (
     ADICMeter,
     accuracy,
     average_drop,
@@ -115,7 +115,9 @@ def test_accuracy_top1_top5():
     assert accuracy(logits, torch.tensor([1, 2]), topk=(1, 5)) == [50.0, 100.0]
 
 
-@pytest.mark.parametrize(("low", "high"), [((2, 2), (48, 48)), ((7, 7), (224, 224)), ((3, 5), (17, 40)), ((8, 8), (6, 5))])
+@pytest.mark.parametrize(
+    ("low", "high"), [((2, 2), (48, 48)), ((7, 7), (224, 224)), ((3, 5), (17, 40)), ((8, 8), (6, 5))]
+)
 def test_upsample_bilinear_gives_the_values_of_interpolate(low, high):
     maps = torch.rand(3, 1, *low, generator=torch.Generator().manual_seed(0))
     expected = F.interpolate(maps, size=high, mode="bilinear", align_corners=False)

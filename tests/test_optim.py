@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from utils.optim import adjust_lr, build_optimizer, lr_at_epoch
+from utils.training.optim import adjust_lr, build_optimizer, lr_at_epoch
 
 
 def test_groups_learning_rates_and_hyperparameters(make_model):

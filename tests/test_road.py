@@ -1,4 +1,4 @@
-"""utils.road: ROAD through pytorch-grad-cam for any explainer."""
+"""utils.evaluation.road: ROAD through pytorch-grad-cam for any explainer."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from utils.baselines import build_explainer
-from utils.road import evaluate_road, road_scores
+from utils.evaluation.road import evaluate_road, road_scores
+from utils.explainers.baselines import build_explainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # much faster on a loaded CPU
 

@@ -1,4 +1,4 @@
-"""utils.runtime: torch.compile modes, the shared --compile flag, backend settings, autocast."""
+"""utils.core.runtime: torch.compile modes, the shared --compile flag, backend settings, autocast."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from utils.runtime import COMPILE_MODES, add_compile_argument, autocast, compile_function, configure_backends
+from utils.core.runtime import COMPILE_MODES, add_compile_argument, autocast, compile_function, configure_backends
 
 
 def test_compile_function_passes_the_mode_and_leaves_eager_alone(monkeypatch):

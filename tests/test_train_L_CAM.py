@@ -15,7 +15,7 @@ import torch
 
 import train_L_CAM
 from models import build_model
-from utils.checkpoint import load_checkpoint
+from utils.core.checkpoint import load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone_weights", "none", "--num_classes", "5", "--input_size", "40", "--crop_size", "32"]

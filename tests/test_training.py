@@ -12,16 +12,15 @@ import torch
 
 from models import build_model
 from tests.toy_models import tiny_lcam
-from utils.data import (
+from utils.core.runtime import compile_function
+from utils.data.datalists import (
     ImageList,
     ResumableSampler,
     SeededAugmentation,
     build_loader,
     train_transform,
 )
-from utils.optim import build_optimizer
-from utils.runtime import compile_function
-from utils.training import (
+from utils.training.loop import (
     CSV_NAME,
     EpochMeter,
     NonFiniteLossError,
@@ -31,6 +30,7 @@ from utils.training import (
     resume_training,
     train_one_epoch,
 )
+from utils.training.optim import build_optimizer
 
 CPU = torch.device("cpu")
 

@@ -1,4 +1,4 @@
-"""Tests of utils.visualize: heatmap colours, overlays, grids."""
+"""Tests of utils.evaluation.visualize: heatmap colours, overlays, grids."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.visualize import heatmap, overlay, save_grid, save_table, to_pil
+from utils.evaluation.visualize import heatmap, overlay, save_grid, save_table, to_pil
 
 
 def _image(height: int = 12, width: int = 10) -> torch.Tensor:

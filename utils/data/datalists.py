@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms
 
-from utils.errors import UserFileNotFoundError
+from utils.core.errors import UserFileNotFoundError
 
 __all__ = [
     "IMAGE_EXTENSIONS",

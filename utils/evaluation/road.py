@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.evaluation import Classifier, Explainer, normalize_and_upsample
+from utils.evaluation.protocol import normalize_and_upsample
+from utils.explainers.protocol import Classifier, Explainer
 
 __all__ = ["ROAD_PERCENTILES", "evaluate_road", "road_scores"]
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from utils.checkpoint import (
+from utils.core.checkpoint import (
     SUFFIX,
     CheckpointReadError,
     _unwrap,
@@ -38,11 +38,11 @@ from utils.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from utils.data import Batch, describe_unreadable
-from utils.errors import UserError, UserFileNotFoundError, UserValueError, abbreviate
-from utils.files import atomic_open, write_json
-from utils.optim import adjust_lr, trainable_lrs
-from utils.runtime import DistributedContext, autocast
+from utils.core.errors import UserError, UserFileNotFoundError, UserValueError, abbreviate
+from utils.core.files import atomic_open, write_json
+from utils.core.runtime import DistributedContext, autocast
+from utils.data.datalists import Batch, describe_unreadable
+from utils.training.optim import adjust_lr, trainable_lrs
 
 __all__ = [
     "ARCHIVE_PREFIX",
@@ -82,7 +82,7 @@ class TrainOptions:
 
     Attributes:
         device: where the model and batches live.
-        amp: ``"none"``, ``"bf16"`` or ``"fp16"`` (see :func:`utils.runtime.autocast`).
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"`` (see :func:`utils.core.runtime.autocast`).
         channels_last: move each batch to channels_last memory format.
         disp_interval: steps between progress-bar updates (and host syncs).
         snapshot_dir: where checkpoints, the CSV and the JSON log go (None: nothing saved).

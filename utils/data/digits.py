@@ -30,9 +30,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from utils.data import ImageList, check_images_exist, read_datalist
-from utils.errors import UserValueError
-from utils.files import atomic_open, write_json
+from utils.core.errors import UserValueError
+from utils.core.files import atomic_open, write_json
+from utils.data.datalists import ImageList, check_images_exist, read_datalist
 
 __all__ = [
     "CLASS_NAMES",

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as TF
 
-from utils.data import Batch, Sample
+from utils.data.datalists import Batch, Sample
 
 __all__ = ["DecodingLoader", "DeviceDecoder", "EncodedBatch", "EncodedImageList", "collate_encoded"]
 

@@ -5,19 +5,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
-__all__ = ["USER_ERRORS", "one_line_warnings", "run_cli"]
+__all__ = ["REPO_ROOT", "USER_ERRORS", "HelpFormatter", "one_line_warnings", "run_cli"]
+
+# The project root: the commands' default dataset, datalist and snapshot folders are under it.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Mistakes a user can fix: the project's UserError, and the bad values, types and missing
 # files that argument checking and the standard library report, a loss that became NaN
 # (FloatingPointError), an output that cannot be written (PermissionError).
 USER_ERRORS = (UserError, ValueError, TypeError, FileNotFoundError, PermissionError, FloatingPointError)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, unless it is None or empty (those say theirs in brackets)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, "") or isinstance(action.default, bool):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _write_above_progress(text: str) -> None:
