@@ -45,3 +45,37 @@ def test_interrupt_and_bugs_and_success(capsys):
     with pytest.raises(KeyError):
         run_cli(_main, _parser(), ["--fail", "bug"])
     assert run_cli(_main, _parser(), []) == "done"
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "expected"),
+    [("positive_int", "3", 3), ("non_negative_int", "0", 0), ("positive_float", "1e-4", 1e-4), ("fraction", "0.85", 0.85)],
+)
+def test_flag_types_accept_their_values(kind, text, expected):
+    from utils.core import cli
+
+    assert getattr(cli, kind)(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "accepted"),
+    [
+        ("positive_int", "0", "an integer >= 1"),
+        ("positive_int", "2.5", "an integer >= 1"),
+        ("non_negative_int", "-1", "an integer >= 0"),
+        ("positive_float", "0", "a number > 0"),
+        ("positive_float", "inf", "a number > 0"),
+        ("fraction", "1", "a number in [0, 1)"),
+        ("fraction", "x", "a number in [0, 1)"),
+    ],
+)
+def test_flag_types_refuse_in_one_parser_line(kind, text, accepted, capsys):
+    from utils.core import cli
+
+    parser = argparse.ArgumentParser(prog="tool.py")
+    parser.add_argument("--value", type=getattr(cli, kind))
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--value", text])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"tool.py: error: argument --value: expected {accepted}, got {text!r}"

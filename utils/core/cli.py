@@ -13,7 +13,17 @@ from typing import Any
 
 from utils.core.errors import UserError
 
-__all__ = ["REPO_ROOT", "USER_ERRORS", "HelpFormatter", "one_line_warnings", "run_cli"]
+__all__ = [
+    "REPO_ROOT",
+    "USER_ERRORS",
+    "HelpFormatter",
+    "fraction",
+    "non_negative_int",
+    "one_line_warnings",
+    "positive_float",
+    "positive_int",
+    "run_cli",
+]
 
 # The project root: the commands' default dataset, datalist and snapshot folders are under it.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,6 +41,36 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, "") or isinstance(action.default, bool):
             return action.help or ""
         return super()._get_help_string(action)
+
+
+def _number(text: str, kind: type, accepted: str, check: Callable[[float], bool]):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}") from None
+    if not check(value):
+        raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for a count of at least 1 (batch size, epochs, images, ...)."""
+    return _number(text, int, "an integer >= 1", lambda value: value >= 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type=`` for an integer of at least 0 (workers, steps, an epoch index, ...)."""
+    return _number(text, int, "an integer >= 0", lambda value: value >= 0)
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type=`` for a finite number above 0 (a learning rate, a scale, ...)."""
+    return _number(text, float, "a number > 0", lambda value: 0 < value < float("inf"))
+
+
+def fraction(text: str) -> float:
+    """argparse ``type=`` for a number in [0, 1) (a share of pixels dropped, ...)."""
+    return _number(text, float, "a number in [0, 1)", lambda value: 0 <= value < 1)
 
 
 def _write_above_progress(text: str) -> None:
