@@ -39,7 +39,7 @@ FAMILIES = {
     "resnet50": ("ResNet50_L_CAM_Fm", "ResNet50_L_CAM_Img", torchvision.models.resnet50),
 }
 PERCENTAGES = (0.0, 0.5, 0.85)
-# Issue 7's targets (bf16 on an H100/H200, batch >= 64): the least ratio to the backbone's
+# The project's targets (bf16 on an H100/H200, batch >= 64; docs/performance.md): the least ratio to the backbone's
 # forward, per measure and family.
 TARGETS = {
     "explanation": {"vgg16": 0.95, "resnet50": 0.95},

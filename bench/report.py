@@ -3,7 +3,7 @@
     python -m bench.report runs/bench/*.json --output runs/bench/report.md
 
 One table per ``bench_lcam`` file (its device and settings as the heading; a column pair
-per family: images/s, ratio to the backbone's forward, peak memory, and the issue's target
+per family: images/s, ratio to the backbone's forward, peak memory, and the project's target
 when the measure has one), one line per ``bench_data`` file.
 """
 
