@@ -1,6 +1,6 @@
 """Tests of utils.evaluation and the evaluation scripts: the batched protocol against an
-independent one-image implementation of SPEC section 5, percentages in one pass, outputs,
-bad inputs, AMP."""
+independent one-image implementation of the AD/IC protocol (docs/reference-behaviour.md),
+percentages in one pass, outputs, bad inputs, AMP."""
 
 from __future__ import annotations
 
@@ -138,11 +138,11 @@ def script_run(trained, dataset, tmp_path_factory):
     return result, output
 
 
-# -- an independent one-image implementation of SPEC section 5 ------------------------------
+# -- an independent one-image implementation of the AD/IC protocol ---------------------------
 
 
 def _reference_keep_top(cam: torch.Tensor, percentage: float) -> torch.Tensor:
-    """SPEC 5 step 3 for one 1 x 1 x H x W map, written as a loop."""
+    """Step 3 of the AD/IC protocol (keep-top) for one 1 x 1 x H x W map, written as a loop."""
     if percentage == 0:
         return cam
     cam = cam.clone()
