@@ -1,4 +1,4 @@
-"""The L-CAM loss against an independent computation of SPEC section 2."""
+"""The L-CAM loss against an independent computation of its definition (docs/reference-behaviour.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from models.lcam import area_loss, lcam_loss, select_loss_maps, smoothness_loss
 
 
 def _smoothness_by_loops(masks: torch.Tensor) -> float:
-    """SPEC section 2 written pixel by pixel (power 2, border penalty 0.3)."""
+    """The smoothness term written pixel by pixel (power 2, border penalty 0.3)."""
     batch, maps, height, width = masks.shape
     m = masks.double().tolist()
     total = 0.0
