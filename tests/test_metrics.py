@@ -58,7 +58,7 @@ def test_minmax_normalize_per_image_and_constant_maps():
 
 
 def _reference_drop_npercent(cam: torch.Tensor, percent: float) -> torch.Tensor:
-    """SPEC section 5 step 3 for one image, written as the reference loop does it."""
+    """Step 3 of the AD/IC protocol (keep-top) for one image, written as the reference loop does it."""
     if percent == 0:
         return cam.clone()
     cam = cam.clone()
