@@ -42,7 +42,7 @@ def batch(classifier, images):
 
 
 def _grad_cam_formula(classifier, x, classes):
-    """Grad-CAM as SPEC section 5 writes it: ReLU(sum_c mean_space(g_c) A_c), min-max."""
+    """Grad-CAM's reference formula: ReLU(sum_c mean_space(g_c) A_c), min-max."""
     x = x.clone().requires_grad_(True)
     with capture_activations(classifier.target_layer) as outputs:
         logits = classifier(x)
@@ -103,7 +103,7 @@ def test_gradcam_is_pytorch_grad_cam_and_equals_the_reference_formula(classifier
 def test_gradcampp_follows_the_reference_formula_on_the_softmax(classifier, batch):
     x, classes = batch
     maps = build_explainer("gradcampp", classifier).explain(x, classes)
-    for index in range(len(x)):  # per image, written out as SPEC section 5 states it
+    for index in range(len(x)):  # per image, the formula of docs/reference-behaviour.md written out
         image = x[index : index + 1].clone().requires_grad_(True)
         with capture_activations(classifier.target_layer) as outputs:
             score = F.softmax(classifier(image), dim=1)[0, classes[index]]
@@ -205,7 +205,7 @@ def test_lcam_backbone_wrapper_and_package_methods_restore_modes_and_hooks(make_
         lcam.layer1.eval()
     assert maps.shape == (2, 1, 2, 2)
     assert not classifier.target_layer._forward_hooks
-    # behind the frozen backbone the package's Grad-CAM is still the SPEC formula
+    # behind the frozen backbone the package's Grad-CAM is still the reference formula
     torch.testing.assert_close(maps, _grad_cam_formula(classifier, x, classes), rtol=1e-4, atol=1e-5)
     hand_written = build_explainer("gradcampp", classifier).explain(x, classes)
     assert hand_written.shape == (2, 1, 2, 2) and torch.isfinite(hand_written).all()
