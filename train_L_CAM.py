@@ -39,15 +39,15 @@ from utils.data.datalists import (
     train_transform,
 )
 from utils.data.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
-from utils.training.loop import (
+from utils.training import (
     TrainOptions,
     TrainState,
     archive_previous_run,
+    build_optimizer,
     check_no_previous_run,
     fit,
     resume_training,
 )
-from utils.training.optim import build_optimizer
 
 ROOT_DIR = REPO_ROOT
 REFERENCE_EPOCHS = {"VGG16": 8, "ResNet50": 26, GENERIC: 8}

@@ -32,7 +32,7 @@ from utils.core.files import atomic_open, write_json
 from utils.core.runtime import add_compile_argument, autocast, compile_function, configure_backends, resolve_device
 from utils.evaluation import LCAMExplainer, evaluate
 from utils.explainers.baselines import NormalizedClassifier, build_explainer
-from utils.training.optim import build_optimizer
+from utils.training import OptimizerStep, build_optimizer
 
 FAMILIES = {
     "vgg16": ("VGG16_L_CAM_Fm", "VGG16_L_CAM_Img", torchvision.models.vgg16),
@@ -196,24 +196,17 @@ def _backbone_step(torchvision_builder, images: torch.Tensor, args, device: torc
 
 
 def training_step(arch: str, images: torch.Tensor, args, device: torch.device, fast: bool = True) -> Callable:
-    """One optimizer step of ``arch``: forward with labels, loss, backward, SGD step; in the
-    settings of ``args`` (``fast``) or in the reference's (fp32, contiguous, unfused, eager)."""
+    """One optimizer step of ``arch`` (:class:`utils.training.OptimizerStep`, the training
+    loop's: forward with labels and loss under autocast, backward, SGD step); in the settings
+    of ``args`` (``fast``) or in the reference's (fp32, contiguous, unfused, eager)."""
     channels_last, amp, mode = (args.channels_last, args.amp, args.compile) if fast else (False, "none", None)
     model = build_model(arch, pretrained=False, backbone_mode=args.backbone_mode)
     model = _prepare(model, channels_last, device).train()
     optimizer = build_optimizer(model, 1e-4, fused=fast and device.type == "cuda")
     labels = torch.randint(0, 1000, (images.size(0),), device=device)
     images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    forward = compile_function(model, mode)
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp):
-            loss = model.loss(forward(images, labels), labels).total
-        loss.backward()
-        optimizer.step()
-
-    return train_step
+    step = OptimizerStep(model, optimizer, amp, forward_model=compile_function(model, mode))
+    return functools.partial(step, images, labels)
 
 
 def _baseline_step(name: str, wrapped, images: torch.Tensor, classes: torch.Tensor, args, device) -> Callable:

@@ -74,9 +74,9 @@ def test_training_steps_never_wait_for_the_device(arch, amp, channels_last):
     options = TrainOptions(device=CUDA, amp=amp, channels_last=channels_last, progress=False)
     batches = _batches(3, channels_last)
     train_one_epoch(model, batches[:1], optimizer, options, epoch=0)  # cuDNN autotuning, allocator
-    counter, done, meter, failed, stopped = train_one_epoch(model, Strictly(batches), optimizer, options, epoch=0)
-    assert (counter, failed, stopped) == (3, [], False)
-    assert meter.summary()["images"] == 12
+    result = train_one_epoch(model, Strictly(batches), optimizer, options, epoch=0)
+    assert (result.global_counter, result.failed, result.stopped) == (3, [], False)
+    assert result.meter.summary()["images"] == 12
 
 
 @pytest.mark.parametrize("amp, channels_last", SETTINGS)

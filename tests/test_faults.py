@@ -22,7 +22,7 @@ from torch import nn
 import train_L_CAM
 from utils.core.checkpoint import find_newest_checkpoint
 from utils.core.cli import run_cli
-from utils.training.loop import ARCHIVE_PREFIX, CSV_NAME, LOG_NAME
+from utils.training import ARCHIVE_PREFIX, CSV_NAME, LOG_NAME
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_BACKBONE = "tests.test_faults:tiny_cnn"

@@ -20,16 +20,9 @@ from utils.data.datalists import (
     build_loader,
     train_transform,
 )
-from utils.training.loop import (
-    CSV_NAME,
-    EpochMeter,
-    NonFiniteLossError,
-    TrainOptions,
-    TrainState,
-    fit,
-    resume_training,
-    train_one_epoch,
-)
+from utils.training.checkpointing import TrainState, resume_training
+from utils.training.log import CSV_NAME
+from utils.training.loop import EpochMeter, NonFiniteLossError, TrainOptions, fit, train_one_epoch
 from utils.training.optim import build_optimizer
 
 CPU = torch.device("cpu")
@@ -139,10 +132,8 @@ def test_one_step_equals_the_reference_optimizer(model, one_thread):
     initial = model.attnM.op.weight.detach().clone()
     model.train()
     optimizer = build_optimizer(model, 1e-4)
-    counter, done, meter, failed, stopped = train_one_epoch(
-        model, [(images, labels)], optimizer, TrainOptions(device=CPU, progress=False), epoch=0
-    )
-    assert (counter, done, failed, stopped) == (1, 1, [], False)
+    result = train_one_epoch(model, [(images, labels)], optimizer, TrainOptions(device=CPU, progress=False), epoch=0)
+    assert (result.global_counter, result.batches_done, result.failed, result.stopped) == (1, 1, [], False)
     for key, value in expected.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
     assert not torch.equal(model.attnM.op.weight, initial)
