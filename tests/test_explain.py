@@ -1,5 +1,5 @@
-"""Tests of scripts.explain: the command on a folder as a new user runs it, and the
-importable function (classes, maps, files, errors)."""
+"""Tests of scripts.explain and utils.evaluation.explanations: the command on a folder as a
+new user runs it, and the library function (classes, maps, files, errors)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
-from scripts.explain import class_names_for, collect_inputs, explain_images, get_args_parser, main
+from scripts.explain import get_args_parser, main
 from tests.toy_models import tiny_lcam
 from utils.core.checkpoint import make_checkpoint, save_checkpoint
 from utils.core.cli import run_cli
+from utils.evaluation.explanations import ExplainOptions, class_names_for, collect_inputs, explain_images
 
 CROP = 32
 
@@ -74,7 +75,7 @@ def test_command_on_a_folder_writes_overlays_grid_and_index(make_model, photos, 
 def test_function_maps_are_the_normalised_upsampled_cams_of_chosen_classes(photos):
     _, paths = photos
     model = tiny_lcam()
-    run = explain_images(model, paths, classes=[4, 1], input_size=40, crop_size=CROP, progress=False)
+    run = explain_images(model, paths, ExplainOptions(classes=[4, 1], input_size=40, crop_size=CROP, progress=False))
     assert [item.classes for item in run.explanations] == [[4, 1]] * 3
     assert run.explanations[0].names == ["4", "1"]  # indices as names below 1000 classes
     item = run.explanations[2]
@@ -94,9 +95,8 @@ def test_function_topk_follows_the_prediction_and_grid_adds_files(photos, tmp_pa
     _, paths = photos
     model = tiny_lcam()
     names = ["zero", "one", "two", "three", "four", "five"]
-    run = explain_images(
-        model, paths[:1], topk=3, grid=6, class_names=names, output_dir=tmp_path, crop_size=CROP, progress=False
-    )
+    options = ExplainOptions(topk=3, grid=6, class_names=names, output_dir=tmp_path, crop_size=CROP, progress=False)
+    run = explain_images(model, paths[:1], options)
     item = run.explanations[0]
     with torch.no_grad():
         top = model(item.image[None]).logits.topk(3).indices[0].tolist()
@@ -127,11 +127,11 @@ def test_bad_requests_fail_clearly(photos, tmp_path):
     folder, paths = photos
     model = tiny_lcam()
     with pytest.raises(ValueError, match=r"'classes' must be class indices in \[0, 6\), got \[7\]"):
-        explain_images(model, paths, classes=[7], progress=False)
+        explain_images(model, paths, ExplainOptions(classes=[7], progress=False))
     with pytest.raises(ValueError, match=r"'topk' must be in \[1, 6\], got 9"):
-        explain_images(model, paths, topk=9, progress=False)
+        explain_images(model, paths, ExplainOptions(topk=9, progress=False))
     with pytest.raises(ValueError, match="no readable image to explain"):
-        explain_images(model, [str(folder / "broken.png")], progress=False)
+        explain_images(model, [str(folder / "broken.png")], ExplainOptions(progress=False))
     with pytest.raises(FileNotFoundError, match="--input not found"):
         collect_inputs(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()

@@ -25,6 +25,7 @@ from scripts import compare, explain, make_datalist
 from scripts import evaluate as evaluate_script
 from utils.core.checkpoint import make_checkpoint, save_checkpoint
 from utils.core.cli import REPO_ROOT, run_cli
+from utils.evaluation import explanations
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -289,7 +290,7 @@ def test_explain_missing_images_refused_then_skipped(checkpoint, images, tmp_pat
 
 
 def test_explain_writes_each_batch_as_it_goes(checkpoint, images, tmp_path, monkeypatch):
-    real_batch, calls = explain._explain_batch, []
+    real_batch, calls = explanations._explain_batch, []
 
     def interrupted_at_the_second_batch(*args, **kwargs):
         calls.append(1)
@@ -297,7 +298,7 @@ def test_explain_writes_each_batch_as_it_goes(checkpoint, images, tmp_path, monk
             raise KeyboardInterrupt
         return real_batch(*args, **kwargs)
 
-    monkeypatch.setattr(explain, "_explain_batch", interrupted_at_the_second_batch)
+    monkeypatch.setattr(explanations, "_explain_batch", interrupted_at_the_second_batch)
     output = tmp_path / "out"
     argv = _explain_argv(checkpoint, images[0], output, "--batch_size", "2")
     assert _exit_status(run_cli, explain.main, explain.get_args_parser(), argv) == 130
