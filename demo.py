@@ -24,7 +24,6 @@ what was finished.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import platform
@@ -34,8 +33,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -48,7 +45,7 @@ from utils.core.runtime import resolve_device, seed_everything
 from utils.data.digits import CLASS_NAMES, DatasetSettingsError, DigitsSplit, load_split, make_digits_dataset
 from utils.evaluation import LCAMExplainer, evaluate, normalize_and_upsample
 from utils.evaluation.localization import LocalizationMeter
-from utils.evaluation.visualize import overlay, save_table, to_pil
+from utils.evaluation.reports import MethodScores, ResultsTable, save_overlay_grid, save_scores_chart, write_markdown
 from utils.explainers.baselines import NormalizedClassifier, build_explainer
 from utils.training.loop import TrainOptions, fit
 from utils.training.optim import build_optimizer
@@ -342,68 +339,46 @@ def evaluate_method(
 
 
 COLUMNS = ("AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "energy_in_box", "pointing_game")
+TABLE_TITLES = (
+    "AD 100% ↓",
+    "IC 100% ↑",
+    "AD 50% ↓",
+    "IC 50% ↑",
+    "AD 15% ↓",
+    "IC 15% ↑",
+    "energy in box % ↑",
+    "pointing game % ↑",
+)
+KEPT = ("100", "50", "15")  # percent of each map kept at PERCENTAGES
+LOCALISATION = ("energy_in_box", "pointing_game")
 RESULT_FIELDS = ("method", "name", *COLUMNS, "images", "localised_images", "seconds")
 
 
 def write_results(rows: list[dict], info: dict[str, Any], output_dir: str) -> str:
     """results.csv, results.json and results.md (the rows so far, which may be none);
     returns the markdown table."""
-    with atomic_open(os.path.join(output_dir, "results.csv"), newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=RESULT_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    ResultsTable.from_records(rows, RESULT_FIELDS).write_csv(os.path.join(output_dir, "results.csv"))
     write_json(os.path.join(output_dir, "results.json"), {"info": info, "results": rows})
-    header = [
-        "method",
-        "AD 100% ↓",
-        "IC 100% ↑",
-        "AD 50% ↓",
-        "IC 50% ↑",
-        "AD 15% ↓",
-        "IC 15% ↑",
-        "energy in box % ↑",
-        "pointing game % ↑",
-        "images",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        values = [f"{row[column]:.1f}" for column in COLUMNS]
-        lines.append(f"| {row['name']} | " + " | ".join(values) + f" | {row['images']} |")
-    table = "\n".join(lines)
-    with atomic_open(os.path.join(output_dir, "results.md")) as handle:
-        handle.write("# L-CAM demo results\n\n")
-        if "note" in info:
-            handle.write(f"{info['note']}\n\n")
-        handle.write(f"{table}\n\n")
-        handle.write("".join(f"- {key}: {value}\n" for key, value in info.items() if key != "note"))
+    header = ["method", *TABLE_TITLES, "images"]
+    cells = [[row["name"], *(f"{row[column]:.1f}" for column in COLUMNS), row["images"]] for row in rows]
+    table = ResultsTable(header, cells).markdown()
+    about = "\n".join(f"- {key}: {value}" for key, value in info.items() if key != "note")
+    write_markdown(os.path.join(output_dir, "results.md"), "# L-CAM demo results", info.get("note", ""), table, about)
     return table
 
 
 def save_metrics_figure(rows: list[dict], path: str) -> str:
     """Bar charts: AD and IC at 100/50/15 % kept, and the two localisation scores."""
-    figure = Figure(figsize=(15, 3.8), dpi=100)
-    FigureCanvasAgg(figure)
-    panels = figure.subplots(1, 3)
-    names = [row["name"] for row in rows]
-    groups = (("AD (lower is better)", ("AD100", "AD50", "AD15")), ("IC (higher is better)", ("IC100", "IC50", "IC15")))
-    for axis, (title, columns) in zip(
-        panels, (*groups, ("localisation (higher is better)", ("energy_in_box", "pointing_game")))
-    ):
-        width = 0.8 / len(rows)
-        for index, (name, row) in enumerate(zip(names, rows)):
-            positions = [column + (index - len(rows) / 2 + 0.5) * width for column in range(len(columns))]
-            axis.bar(positions, [row[column] for column in columns], width, label=name)
-        labels = [
-            column.replace("AD", "").replace("IC", "") + ("% kept" if column[-1].isdigit() else "")
-            for column in columns
-        ]
-        axis.set_xticks(range(len(columns)), [label.replace("_", " ") for label in labels])
-        axis.set_title(title, fontsize=10)
-    handles, labels = panels[0].get_legend_handles_labels()
-    figure.legend(handles, labels, fontsize=8, loc="center right")
-    figure.tight_layout(rect=(0, 0, 0.86, 1))
-    figure.savefig(path)
-    return path
+    scores = [
+        MethodScores(
+            row["name"],
+            [row[f"AD{kept}"] for kept in KEPT],
+            [row[f"IC{kept}"] for kept in KEPT],
+            {name: row[name] for name in LOCALISATION},
+        )
+        for row in rows
+    ]
+    return save_scores_chart(scores, PERCENTAGES, path)
 
 
 def _short_name(key: str) -> str:
@@ -416,16 +391,15 @@ def _short_name(key: str) -> str:
 
 def save_overlays(test: DigitsSplit, keys: list[str], maps: dict[str, torch.Tensor], rows: int, path: str) -> str:
     """A grid: one held-out image per row, the image with its box, then each method's map."""
-    cells = []
-    for index in range(min(rows, len(test.labels))):
-        image = test.images[index].clone()
-        x0, y0, x1, y1 = test.boxes[index].tolist()
-        image[:, y0, x0:x1] = image[:, y1 - 1, x0:x1] = image[:, y0:y1, x0] = image[:, y0:y1, x1 - 1] = torch.tensor(
-            [0.0, 1.0, 0.0]
-        ).view(3, 1)
-        cells.append([to_pil(image)] + [overlay(test.images[index], maps[key][index, 0]) for key in keys])
-    titles = ["image, box"] + [_short_name(key) for key in keys]
-    return save_table(cells, path, column_titles=titles, cell_inches=1.6)
+    count = min(rows, len(test.labels))
+    return save_overlay_grid(
+        test.images[:count],
+        [maps[key][:count] for key in keys],
+        [_short_name(key) for key in keys],
+        path,
+        boxes=test.boxes[:count],
+        cell_inches=1.6,
+    )
 
 
 class _RunRecord:

@@ -16,7 +16,6 @@ torchvision classifier given by ``--classifier``.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 import warnings
@@ -25,14 +24,12 @@ from typing import Any, NamedTuple
 
 import torch
 import torchvision
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from models import ARCH_CHOICES
 from models.backbones import load_torchvision_classifier
 from utils.core.cli import HelpFormatter, run_cli
 from utils.core.errors import UserValueError, closest_names
-from utils.core.files import atomic_open, ensure_writable, write_json
+from utils.core.files import ensure_writable, write_json
 from utils.core.runtime import AMP_CHOICES, resolve_device, seed_everything
 from utils.data.datalists import check_images_exist, samples_from
 from utils.evaluation import (
@@ -46,7 +43,14 @@ from utils.evaluation import (
     warn_unreadable,
     write_result,
 )
-from utils.evaluation.visualize import overlay, save_table, to_pil
+from utils.evaluation.reports import (
+    MethodScores,
+    ResultsTable,
+    kept_label,
+    save_overlay_grid,
+    save_scores_chart,
+    write_markdown,
+)
 from utils.explainers.baselines import BASELINES, RISE_DEFAULT_MASKS, NormalizedClassifier, build_explainer
 
 __all__ = ["FAMILIES", "Entry", "TimedExplainer", "get_args_parser", "main"]
@@ -282,14 +286,10 @@ def _rise_mask_dir(args: argparse.Namespace) -> str:
     return args.rise_mask_dir or os.path.join(args.output_dir, "rise_masks")
 
 
-def _percent_label(percentage: float) -> str:
-    return f"{100 * (1 - percentage):g}%"
-
-
 def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tuple[list[str], list[list[Any]]]:
     header = ["backbone", "method"]
     for percentage in percentages:
-        header += [f"AD@{_percent_label(percentage)}", f"IC@{_percent_label(percentage)}"]
+        header += [f"AD@{kept_label(percentage)}", f"IC@{kept_label(percentage)}"]
     header += ["explain img/s", "eval img/s", "images", "device"]
     road = any("road_combined" in result for result in results)
     if road:
@@ -307,49 +307,26 @@ def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tupl
     return header, rows
 
 
+TABLE_NOTE = (
+    "AD: Average Drop (lower is better), IC: Increase in Confidence (higher is better), at the top "
+    "N % of each map's pixels kept. explain img/s: images explained per second (the explainer alone); "
+    "eval img/s: the whole protocol (plain and masked passes included)."
+)
+
+
 def write_tables(results: list[dict[str, Any]], percentages: tuple[float, ...], output_dir: str) -> tuple[str, str]:
     """``comparison.md`` (a markdown table) and ``comparison.csv``; returns their paths."""
-    header, rows = _rows(results, percentages)
-    markdown = os.path.join(output_dir, "comparison.md")
-    with atomic_open(markdown) as handle:
-        handle.write("| " + " | ".join(header) + " |\n")
-        handle.write("|" + "|".join("---" for _ in header) + "|\n")
-        for row in rows:
-            handle.write("| " + " | ".join(str(cell) for cell in row) + " |\n")
-        handle.write(
-            "\nAD: Average Drop (lower is better), IC: Increase in Confidence (higher is better), at the top "
-            "N % of each map's pixels kept. explain img/s: images explained per second (the explainer alone); "
-            "eval img/s: the whole protocol (plain and masked passes included).\n"
-        )
-    table = os.path.join(output_dir, "comparison.csv")
-    with atomic_open(table, newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return markdown, table
+    table = ResultsTable(*_rows(results, percentages))
+    markdown = write_markdown(os.path.join(output_dir, "comparison.md"), table.markdown(), TABLE_NOTE)
+    return markdown, table.write_csv(os.path.join(output_dir, "comparison.csv"))
 
 
 def save_bar_chart(results: list[dict[str, Any]], percentages: tuple[float, ...], path: str) -> str:
     """AD and IC per method (bars) and percentage (groups), one panel each."""
-    figure = Figure(figsize=(min(16.0, 4.0 + 0.4 * len(results) * len(percentages)), 4.0), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 2)
-    width = 0.8 / len(results)
-    for axis, key, title in zip(
-        axes, ("average_drop", "increase_in_confidence"), ("AD (lower is better)", "IC (higher is better)")
-    ):
-        for index, result in enumerate(results):
-            positions = [group + (index - (len(results) - 1) / 2) * width for group in range(len(percentages))]
-            values = [entry[key] for entry in result["summary"]]
-            axis.bar(positions, values, width, label=f"{result['method']} ({result['family']})")
-        axis.set_xticks(range(len(percentages)))
-        axis.set_xticklabels([f"top {_percent_label(percentage)}" for percentage in percentages])
-        axis.set_ylabel("%")
-        axis.set_title(title)
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    figure.tight_layout()
-    figure.savefig(path, bbox_inches="tight")
-    return path
+    scores = [
+        MethodScores.from_summary(f"{result['method']} ({result['family']})", result["summary"]) for result in results
+    ]
+    return save_scores_chart(scores, percentages, path)
 
 
 def save_qualitative_figure(entries: list[Entry], loader, device: torch.device, num_images: int, path: str) -> str:
@@ -363,20 +340,17 @@ def save_qualitative_figure(entries: list[Entry], loader, device: torch.device, 
         if sum(len(chunk) for chunk in images) >= num_images:
             break
     images = torch.cat(images)[:num_images].to(device)
-    columns: list[list] = []
-    titles: list[list[str]] = []
+    maps: list[torch.Tensor] = []
+    classes_shown: list[list[str]] = []
     for entry in entries:
         with torch.inference_mode():
             classes = entry.classifier(images).argmax(dim=1)
-        maps = entry.explainer.explain(images, classes.clone())
+        explained = entry.explainer.explain(images, classes.clone())
         with torch.inference_mode():
-            maps = normalize_and_upsample(maps.detach(), images.shape[-2:]).cpu()
-        columns.append([overlay(image, saliency[0]) for image, saliency in zip(images.cpu(), maps)])
-        titles.append([f"class {int(k)}" for k in classes])
-    cells = [[to_pil(image)] + [column[row] for column in columns] for row, image in enumerate(images.cpu())]
-    cell_titles = [[""] + [column[row] for column in titles] for row in range(len(images))]
-    column_titles = ["image"] + [f"{entry.name}\n({entry.family})" for entry in entries]
-    return save_table(cells, path, column_titles=column_titles, cell_titles=cell_titles)
+            maps.append(normalize_and_upsample(explained.detach(), images.shape[-2:]).cpu())
+        classes_shown.append([f"class {int(k)}" for k in classes])
+    titles = [f"{entry.name}\n({entry.family})" for entry in entries]
+    return save_overlay_grid(images, maps, titles, path, map_titles=classes_shown)
 
 
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> list[dict[str, Any]]:
@@ -442,7 +416,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         safe_name = entry.name.replace(":", "_")
         write_result(result, os.path.join(args.output_dir, "results", f"{entry.family}_{safe_name}.json"), run=row)
         line = ", ".join(
-            f"AD {entry_['average_drop']:.2f} IC {entry_['increase_in_confidence']:.2f} @ top {_percent_label(entry_['percentage'])}"
+            f"AD {entry_['average_drop']:.2f} IC {entry_['increase_in_confidence']:.2f} @ top {kept_label(entry_['percentage'])}"
             for entry_ in result.summary
         )
         print(f"{entry.name} ({entry.family}): {line}; {timed.images_per_second:.2f} explained img/s")

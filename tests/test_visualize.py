@@ -1,4 +1,4 @@
-"""Tests of utils.evaluation.visualize: heatmap colours, overlays, grids."""
+"""Tests of utils.evaluation.visualize: heatmap colours, overlays, boxes, grids."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.evaluation.visualize import heatmap, overlay, save_grid, save_table, to_pil
+from utils.evaluation.visualize import draw_box, heatmap, overlay, save_grid, save_table, to_pil
 
 
 def _image(height: int = 12, width: int = 10) -> torch.Tensor:
@@ -64,3 +64,14 @@ def test_save_grid_and_table_write_pngs(tmp_path):
         assert written.size == (400, 440)
     with pytest.raises(ValueError, match="no image"):
         save_table([], tmp_path / "empty.png")
+
+
+def test_draw_box_outlines_a_copy_with_exclusive_ends():
+    image = torch.zeros(3, 6, 7)
+    boxed = draw_box(image, torch.tensor([1, 2, 5, 6]))
+    assert image.abs().sum() == 0  # the input is not changed
+    green = boxed[1] == 1
+    assert green[2, 1:5].all() and green[5, 1:5].all() and green[2:6, 1].all() and green[2:6, 4].all()
+    assert int(green.sum()) == 2 * 4 + 2 * 2 and boxed[0].abs().sum() == 0 and boxed[2].abs().sum() == 0
+    with pytest.raises(ValueError, match=r"'box' must lie in the 7 x 6 image, got \(1, 2, 8, 6\)"):
+        draw_box(image, (1, 2, 8, 6))

@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-__all__ = ["heatmap", "overlay", "save_grid", "save_table", "to_pil"]
+__all__ = ["draw_box", "heatmap", "overlay", "save_grid", "save_table", "to_pil"]
 
 
 def _as_float_image(image) -> np.ndarray:
@@ -67,6 +67,22 @@ def overlay(image, saliency, alpha: float = 0.5, colormap: str = "jet") -> Image
         raise ValueError(f"saliency map of size {colours.shape[:2]} does not match the image's {picture.shape[:2]}")
     blended = (1 - alpha) * picture + alpha * colours
     return Image.fromarray(np.round(np.clip(blended, 0.0, 1.0) * 255).astype(np.uint8))
+
+
+def draw_box(
+    image: torch.Tensor, box: Sequence[int] | torch.Tensor, colour: Sequence[float] = (0.0, 1.0, 0.0)
+) -> torch.Tensor:
+    """A copy of ``image`` (3 x H x W in [0, 1]) with the one-pixel outline of ``box``
+    ``(x0, y0, x1, y1)`` (ends exclusive, as the digits' boxes) drawn in ``colour``."""
+    if image.dim() != 3 or image.size(0) != 3:
+        raise ValueError(f"'image' must be 3 x H x W, got shape {tuple(image.shape)}")
+    x0, y0, x1, y1 = (int(value) for value in box)
+    if not (0 <= x0 < x1 <= image.size(2) and 0 <= y0 < y1 <= image.size(1)):
+        raise ValueError(f"'box' must lie in the {image.size(2)} x {image.size(1)} image, got {(x0, y0, x1, y1)}")
+    boxed = image.clone()
+    paint = torch.tensor(colour, dtype=image.dtype, device=image.device).view(3, 1)
+    boxed[:, y0, x0:x1] = boxed[:, y1 - 1, x0:x1] = boxed[:, y0:y1, x0] = boxed[:, y0:y1, x1 - 1] = paint
+    return boxed
 
 
 def save_table(
