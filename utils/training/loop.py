@@ -337,6 +337,31 @@ def _epoch_start(state: TrainState, device: torch.device, dist: DistributedConte
     return EpochProgress(meter, state.global_counter, state.batches_done, failed)
 
 
+def _epoch_summary(
+    epoch: int,
+    progress: EpochProgress,
+    optimizer: torch.optim.Optimizer,
+    seconds: float,
+    samples: Sequence[tuple[str, int]] | None,
+    dist: DistributedContext,
+) -> dict[str, Any]:
+    """The figures of a finished epoch over all processes (a collective): its loss terms and
+    accuracies, lr, time, this run's speed and the unreadable images."""
+    progress.meter.all_reduce(dist)
+    failed = [item for part in gather_objects(progress.failed, dist) for item in part]
+    summary = {
+        "epoch": epoch,
+        "global_counter": progress.global_counter,
+        **progress.meter.summary(),
+        "lr": trainable_lrs(optimizer),
+        "seconds": round(seconds, 3),
+    }
+    # speed of this run only: a run resumed mid-epoch also counts the images done before it
+    summary["images_per_s"] = round(progress.meter.images_this_run() / max(seconds, 1e-9), 2)
+    summary["unreadable"] = describe_unreadable(samples, failed) if samples is not None else failed
+    return summary
+
+
 def _stopped(global_counter: int, dist: DistributedContext) -> None:
     if dist.is_main:
         print(f"stopped after global step {global_counter} (--stop_after_step)", flush=True)
@@ -417,19 +442,7 @@ def fit(
         if progress.stopped and progress.batches_done < pass_end:
             _stopped(progress.global_counter, dist)
             return summaries
-        seconds = time.perf_counter() - started
-        progress.meter.all_reduce(dist)
-        all_failed = [item for part in gather_objects(progress.failed, dist) for item in part]
-        summary = {
-            "epoch": epoch,
-            "global_counter": progress.global_counter,
-            **progress.meter.summary(),
-            "lr": trainable_lrs(optimizer),
-            "seconds": round(seconds, 3),
-        }
-        # speed of this run only: a run resumed mid-epoch also counts the images done before it
-        summary["images_per_s"] = round(progress.meter.images_this_run() / max(seconds, 1e-9), 2)
-        summary["unreadable"] = describe_unreadable(samples, all_failed) if samples is not None else all_failed
+        summary = _epoch_summary(epoch, progress, optimizer, time.perf_counter() - started, samples, dist)
         summary["checkpoint"] = writer.save_epoch_end(epoch, progress.global_counter, progress.batches_done, summary)
         if dist.is_main:
             report_epoch(summary, epochs)
