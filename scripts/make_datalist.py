@@ -9,8 +9,13 @@ folder plus a ground-truth file, with N images sampled with a seed, optionally e
 the images of other lists; an image PIL cannot open is left out (one warning) and another
 is drawn in its place.
 
+``authors``: download the authors' lists (``Evaluation_2000.txt``, ``VGG16_train.txt``,
+``ResNet50_train.txt``) from their repository into ``datalist/ILSVRC/``, each checked against
+a SHA-256 (:mod:`utils.data.authors`).
+
     python -m scripts.make_datalist train --backbone ResNet50 --img_dir dataset/ILSVRC2012_img_train
     python -m scripts.make_datalist val --img_dir dataset/ILSVRC2012_img_val --ground_truth LOC_val_solution.csv
+    python -m scripts.make_datalist authors Evaluation_2000.txt
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from tqdm import tqdm
 
 from models.backbones import load_torchvision_classifier
 from models.lcam import IMAGENET_MEAN, IMAGENET_STD
-from utils.core.cli import REPO_ROOT, run_cli
+from utils.core.cli import REPO_ROOT, HelpFormatter, non_negative_int, positive_float, run_cli
 from utils.core.errors import UserValueError
 from utils.core.files import atomic_open, ensure_writable
 from utils.core.runtime import AMP_CHOICES, autocast, resolve_device, seed_everything
+from utils.data.authors import AUTHORS_LISTS, AUTHORS_URL_BASES, fetch_authors_lists, parse_sha256
 from utils.data.datalists import (
     IMAGE_EXTENSIONS,
     ImageList,
@@ -43,7 +49,15 @@ from utils.data.datalists import (
 )
 from utils.evaluation import warn_unreadable
 
-__all__ = ["BACKBONES", "get_args_parser", "main", "make_train_list", "make_val_list", "read_ground_truth"]
+__all__ = [
+    "BACKBONES",
+    "fetch_authors",
+    "get_args_parser",
+    "main",
+    "make_train_list",
+    "make_val_list",
+    "read_ground_truth",
+]
 
 ROOT_DIR = REPO_ROOT
 BACKBONES = {
@@ -327,11 +341,66 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     val.add_argument("--num_classes", type=int, default=1000, help="labels must be in [0, num_classes)")
     val.add_argument("--output", default=os.path.join(ROOT_DIR, "datalist", "ILSVRC", "Evaluation_2000.txt"))
+
+    authors = commands.add_parser(
+        "authors",
+        help="download the authors' lists from their repository, checked against a SHA-256",
+        formatter_class=HelpFormatter,
+    )
+    authors.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"the lists to fetch, of {', '.join(AUTHORS_LISTS)} [all]",
+    )
+    authors.add_argument(
+        "--output_dir", default=os.path.join(ROOT_DIR, "datalist", "ILSVRC"), help="where the lists go"
+    )
+    authors.add_argument(
+        "--url_base",
+        action="append",
+        default=None,
+        help="URL of the folder holding the lists (repeatable: tried in order) [the authors' repository: "
+        + ", then ".join(AUTHORS_URL_BASES)
+        + "]",
+    )
+    authors.add_argument(
+        "--sha256",
+        action="append",
+        default=None,
+        metavar="NAME=HEX",
+        help="the SHA-256 a list must have (wins over the project's and the recorded ones); repeatable",
+    )
+    authors.add_argument("--retries", type=non_negative_int, default=3, help="further attempts after a broken download")
+    authors.add_argument(
+        "--timeout", type=positive_float, default=30.0, help="seconds without an answer before an attempt fails"
+    )
     return parser
 
 
+def fetch_authors(args: argparse.Namespace) -> str:
+    """Fetch and check the authors' lists ``args.names`` into ``args.output_dir``; returns the folder."""
+    unknown = [name for name in args.names if name not in AUTHORS_LISTS]
+    if unknown:
+        raise UserValueError(f"unknown list {unknown[0]!r}; the authors' lists are {', '.join(AUTHORS_LISTS)}")
+    given = dict(parse_sha256(text) for text in args.sha256 or [])
+    ensure_writable(args.output_dir, "--output_dir", is_folder=True)
+    fetch_authors_lists(
+        args.output_dir,
+        args.names or None,
+        url_bases=args.url_base or AUTHORS_URL_BASES,
+        given=given,
+        retries=args.retries,
+        timeout=args.timeout,
+    )
+    return args.output_dir
+
+
 def main(args: argparse.Namespace) -> str:
-    """Write the datalist of ``args.command`` (``train`` or ``val``); returns its path."""
+    """Write the datalist of ``args.command`` (``train`` or ``val``), or fetch the authors' lists
+    (``authors``); returns the path written."""
+    if args.command == "authors":
+        return fetch_authors(args)
     if args.command == "train":
         if args.output is None:
             args.output = os.path.join(ROOT_DIR, "datalist", "ILSVRC", f"{args.backbone}_train.txt")
