@@ -33,6 +33,7 @@ from utils.evaluation import (
     EvaluationResult,
     LCAMExplainer,
     evaluate,
+    evaluate_many,
     format_summary,
     load_lcam_model,
     parse_percentages,
@@ -297,6 +298,28 @@ def test_three_percentages_equal_three_separate_passes():
         torch.testing.assert_close(single.o[0], combined.o[row], rtol=0, atol=0)
         assert single.summary[0] == combined.summary[row]
     assert not torch.equal(combined.o[0], combined.o[2])
+
+
+def test_several_methods_in_one_pass_equal_separate_passes_and_share_the_plain_forward():
+    model = tiny_lcam()
+    images = _smooth_images(6, 32, torch.Generator().manual_seed(0))
+    loader = [(images[:4], torch.arange(4)), (images[4:], torch.arange(2))]
+    lcam = LCAMExplainer(model)
+    classifier = _RecordingClassifier()
+    maps = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    first, second = _FixedExplainer(maps), _FixedExplainer(maps.flip(-1))
+    methods = [(lcam.classify, lcam), (classifier, first), (classifier, second)]
+    together = evaluate_many(methods, loader, PERCENTAGES, progress=False)
+    # one plain forward per batch for the two methods of `classifier`, then their masked passes
+    assert len(classifier.seen) == 2 * (1 + 2 * len(PERCENTAGES))
+    for (method_classifier, explainer), result in zip(methods, together):
+        alone = evaluate(method_classifier, explainer, loader, PERCENTAGES, progress=False)
+        for name in ("indices", "labels", "predicted", "y", "o", "top1", "masked_top1", "masked_top5"):
+            torch.testing.assert_close(getattr(result, name), getattr(alone, name), rtol=0, atol=0)
+        assert result.summary == alone.summary
+    assert not torch.equal(together[1].o, together[2].o)
+    with pytest.raises(ValueError, match="at least one"):
+        evaluate_many([], loader)
 
 
 def test_compiled_explainer_scores_equal_eager():

@@ -10,7 +10,8 @@ Per image, with ``p = softmax(classifier(image))`` computed in float32:
 4. ``O = softmax(classifier(image * map))[k]``, the image in [0, 1] space;
 5. ``AD = 100 / N * sum(max(0, Y - O) / Y)``, ``IC = 100 / N * count(O > Y)``.
 
-The plain forward is shared by all percentages of one pass. An *explainer* is any object
+The plain forward is shared by all percentages of one pass, and by every method of
+:func:`evaluate_many` that explains the same classifier. An *explainer* is any object
 with ``explain(images, classes) -> maps`` (N x 3 x H x W images in [0, 1], N classes, N x 1
 x h x w raw maps); one that also offers ``predict_and_explain(images) -> (logits, maps of
 the predicted class)`` saves the separate plain forward (L-CAM: one pass gives both).
@@ -44,6 +45,7 @@ __all__ = [
     "EvaluationResult",
     "build_eval_loader",
     "evaluate",
+    "evaluate_many",
     "format_summary",
     "normalize_and_upsample",
     "parse_percentages",
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 TOPK = (1, 5)
+_COLUMNS = ("indices", "labels", "predicted", "y", "o", "top1", "top5", "masked_top1", "masked_top5")
 
 
 def normalize_and_upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -250,15 +253,43 @@ def evaluate(
     Raises:
         ValueError: no readable image in ``loader``, or maps of a wrong shape.
     """
+    options = {"device": device, "amp": amp, "channels_last": channels_last, "disp_interval": disp_interval}
+    return evaluate_many(
+        [(classifier, explainer)], loader, percentages, progress=progress, description=description, **options
+    )[0]
+
+
+def evaluate_many(
+    methods: Sequence[tuple[Classifier, Explainer]],
+    loader: Iterable,
+    percentages: Sequence[float] = (0.0,),
+    device: torch.device | str = "cpu",
+    amp: str = "none",
+    channels_last: bool = False,
+    disp_interval: int = 0,
+    progress: bool = True,
+    description: str = "AD/IC",
+) -> list[EvaluationResult]:
+    """:func:`evaluate` for several ``(classifier, explainer)`` pairs in one pass over ``loader``:
+    each batch is read and moved to the device once, and the plain forward of a classifier
+    is run once per batch for all the explainers of that classifier (the same object) that
+    have no ``predict_and_explain``. Each result equals that of :func:`evaluate` with the pair
+    alone; ``seconds`` is the whole pass's, and the running AD/IC shown is the first pair's.
+    Arguments as for :func:`evaluate`.
+
+    Raises:
+        ValueError: no pair, no readable image in ``loader``, or maps of a wrong shape.
+    """
+    if not methods:
+        raise ValueError("evaluate_many needs at least one (classifier, explainer) pair")
     percentages = parse_percentages(percentages)
     device = torch.device(device)
     samples = getattr(getattr(loader, "dataset", None), "samples", None)
     paths = [path for path, _ in samples] if samples is not None else None
     total = len(loader.dataset) if hasattr(getattr(loader, "dataset", None), "__len__") else None
-    columns: dict[str, list[torch.Tensor]] = {
-        name: [] for name in ("indices", "labels", "predicted", "y", "o", "top1", "top5", "masked_top1", "masked_top5")
-    }
+    columns: list[dict[str, list[torch.Tensor]]] = [{name: [] for name in _COLUMNS} for _ in methods]
     unreadable: list[dict[str, Any]] = []
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     bar = tqdm(total=total, unit="img", desc=description, disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     seen = 0
@@ -271,27 +302,44 @@ def evaluate(
             if batch.images is None or len(batch.labels) == 0:
                 bar.update(len(batch.failed))
                 continue
-            scores = _evaluate_batch(classifier, explainer, batch, percentages, device, amp, channels_last)
-            for name, value in scores.items():
-                columns[name].append(value)
-            columns["indices"].append(batch.indices)
-            columns["labels"].append(batch.labels)
+            images = batch.images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            labels = batch.labels.to(device, non_blocking=True)
+            plain_passes: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+            for (classifier, explainer), method_columns in zip(methods, columns):
+                scores = _evaluate_batch(
+                    classifier, explainer, images, labels, percentages, device, amp, memory_format, plain_passes
+                )
+                for name, value in scores.items():
+                    method_columns[name].append(value)
+                method_columns["indices"].append(batch.indices)
+                method_columns["labels"].append(batch.labels)
             bar.update(len(batch.labels) + len(batch.failed))
             if disp_interval and batch_number % disp_interval == 0:
-                y, o = torch.cat(columns["y"]), torch.cat(columns["o"], dim=1)
+                y, o = torch.cat(columns[0]["y"]), torch.cat(columns[0]["o"], dim=1)
                 bar.set_postfix(AD=f"{average_drop(y, o[0]):.2f}", IC=f"{increase_in_confidence(y, o[0]):.2f}")
     finally:
         bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    if not columns["y"]:
+    if not columns[0]["y"]:
         first = (
             f"; first: {unreadable[0]['path'] or unreadable[0]['index']}: {unreadable[0]['reason']}"
             if unreadable
             else ""
         )
         raise ValueError(f"no readable image to evaluate ({len(unreadable)} unreadable{first})")
+    return [_result(method_columns, percentages, paths, unreadable, seconds) for method_columns in columns]
+
+
+def _result(
+    columns: dict[str, list[torch.Tensor]],
+    percentages: tuple[float, ...],
+    paths: list[str] | None,
+    unreadable: list[dict[str, Any]],
+    seconds: float,
+) -> EvaluationResult:
+    """One method's columns, gathered on the host, as an :class:`EvaluationResult`."""
     merged = {name: torch.cat([value.cpu() for value in values], dim=-1) for name, values in columns.items()}
     return EvaluationResult(
         percentages=percentages,
@@ -305,7 +353,7 @@ def evaluate(
         top5=merged["top5"],
         masked_top1=merged["masked_top1"],
         masked_top5=merged["masked_top5"],
-        unreadable=unreadable,
+        unreadable=list(unreadable),
         seconds=seconds,
     )
 
@@ -313,16 +361,17 @@ def evaluate(
 def _evaluate_batch(
     classifier: Classifier,
     explainer: Explainer,
-    batch: Batch,
+    images: torch.Tensor,
+    labels: torch.Tensor,
     percentages: tuple[float, ...],
     device: torch.device,
     amp: str,
-    channels_last: bool,
+    memory_format: torch.memory_format,
+    plain_passes: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
 ) -> dict[str, torch.Tensor]:
-    """Scores of one batch, left on the device (no host synchronisation)."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = batch.images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-    labels = batch.labels.to(device, non_blocking=True)
+    """Scores of one batch (on the device), left on the device (no host synchronisation).
+    ``plain_passes`` caches each classifier's plain ``(probabilities, y, predicted)`` of the
+    batch by ``id``, for the explainers that need a separate plain forward."""
     if hasattr(explainer, "predict_and_explain"):
         with autocast(device, amp):
             logits, maps = explainer.predict_and_explain(images)
@@ -330,11 +379,13 @@ def _evaluate_batch(
             probabilities = logits.float().softmax(dim=1)
             y, predicted = probabilities.max(dim=1)
     else:
-        with torch.inference_mode(), autocast(device, amp):
-            logits = classifier(images)
-        with torch.inference_mode():
-            probabilities = logits.float().softmax(dim=1)
-            y, predicted = probabilities.max(dim=1)
+        if id(classifier) not in plain_passes:
+            with torch.inference_mode(), autocast(device, amp):
+                logits = classifier(images)
+            with torch.inference_mode():
+                probabilities = logits.float().softmax(dim=1)
+                plain_passes[id(classifier)] = (probabilities, *probabilities.max(dim=1))
+        probabilities, y, predicted = plain_passes[id(classifier)]
         # A clone made outside inference mode is a normal tensor, usable under autograd.
         with autocast(device, amp):
             maps = explainer.explain(images, predicted.clone())
