@@ -2,9 +2,14 @@
 small CNN, L-CAM heads and the baselines, AD/IC and localisation, a results table, figures
 and checkpoints. Nothing is downloaded.
 
-    python demo.py                      # the full demo: about 2 to 3 minutes on 2 CPU cores
-    python demo.py --quick              # a smoke test of every step (about 20 s); its numbers mean nothing
+    python demo.py                      # the full demo: 2 to 3 minutes on 2 idle CPU cores
+    python demo.py --quick              # a smoke test of every step (about half a minute); its numbers mean nothing
     python demo.py --output_dir runs/my_demo --device cuda
+
+Measured: 106 s on an idle 2-core AMD EPYC, 170 s on an idle 2-core Intel Xeon. On a
+machine that other jobs share, OMP_WAIT_POLICY=PASSIVE python demo.py is much faster (the
+same results; torch's waiting threads sleep instead of spinning). Other CPUs, thread counts
+and seeds give other numbers: docs/demo-results.md shows the spread.
 
 Steps: (1) write the digits dataset (utils/data/digits.py); (2) train a small CNN (DigitsCNN)
 on it; (3) wrap it as L-CAM on any CNN (models/generic.py, split automatically after its
