@@ -50,6 +50,25 @@ def one_thread():
 
 
 @pytest.fixture
+def run_command(capsys):
+    """``run_command(main, parser, argv)``: a command run as from a shell, through
+    :func:`utils.core.cli.run_cli` (one-line errors, exit statuses); returns
+    ``(exit status, stdout, stderr)``."""
+    from utils.core.cli import run_cli
+
+    def run(main, parser, argv) -> tuple[int, str, str]:
+        try:
+            run_cli(main, parser, [str(arg) for arg in argv])
+            status = 0
+        except SystemExit as exit_:
+            status = exit_.code
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+@pytest.fixture
 def jpeg_tree(tmp_path):
     """``jpeg_tree(classes=3, per_class=4, size=(48, 56), root_name="train")``: a folder of
     class subfolders ``n0000000{c}`` of seeded random JPEGs ``n0000000{c}_{i}.JPEG``, and a datalist of it

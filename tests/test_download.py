@@ -15,7 +15,6 @@ import threading
 import pytest
 
 from scripts import make_datalist
-from utils.core.cli import run_cli
 from utils.core.download import ChecksumMismatchError, DownloadError, download
 from utils.data.authors import AUTHORS_LISTS, CHECKSUM_FILE, fetch_authors_lists, parse_sha256
 
@@ -151,26 +150,24 @@ def _serve_lists(server, folder="/main/datalist/ILSVRC"):
     return server.url(folder)
 
 
-def _authors(*argv, capsys=None):
-    """``make_datalist authors`` through run_cli; returns (exit status, stdout, the error
+@pytest.fixture
+def authors(run_command):
+    """``authors(*argv)``: ``make_datalist authors``; returns (exit status, stdout, the error
     lines of stderr: the progress bars left out)."""
-    argv = ["authors", "--retries", "1", "--timeout", "5", *map(str, argv)]
-    try:
-        run_cli(make_datalist.main, make_datalist.get_args_parser(), argv)
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    errors = [line for line in err.replace("\r", "\n").splitlines() if ": error:" in line]
-    return status, out, "\n".join(errors)
+
+    def run(*argv):
+        argv = ["authors", "--retries", "1", "--timeout", "5", *argv]
+        status, out, err = run_command(make_datalist.main, make_datalist.get_args_parser(), argv)
+        errors = [line for line in err.replace("\r", "\n").splitlines() if ": error:" in line]
+        return status, out, "\n".join(errors)
+
+    return run
 
 
-def test_first_use_records_the_checksums_and_later_runs_check_them(server, tmp_path, capsys):
+def test_first_use_records_the_checksums_and_later_runs_check_them(server, tmp_path, authors):
     base = _serve_lists(server)
     lists = tmp_path / "datalist" / "ILSVRC"
-    status, out, _ = _authors(
-        "VGG16_train.txt", "ResNet50_train.txt", "--url_base", base, "--output_dir", lists, capsys=capsys
-    )
+    status, out, _ = authors("VGG16_train.txt", "ResNet50_train.txt", "--url_base", base, "--output_dir", lists)
     assert status == 0
     assert (lists / "VGG16_train.txt").read_bytes() == VGG16_TRAIN
     assert (lists / "ResNet50_train.txt").read_bytes() == RESNET50_TRAIN
@@ -181,68 +178,65 @@ def test_first_use_records_the_checksums_and_later_runs_check_them(server, tmp_p
 
     # in place: checked against the record, nothing downloaded
     server.requests.clear()
-    status, out, _ = _authors("VGG16_train.txt", "--url_base", base, "--output_dir", lists, capsys=capsys)
+    status, out, _ = authors("VGG16_train.txt", "--url_base", base, "--output_dir", lists)
     assert status == 0 and server.requests == []
     assert "already in place" in out and "matches the checksum recorded" in out
 
     # a tampered copy on the server is refused against the record, in one line, and not kept
     (lists / "VGG16_train.txt").unlink()
     server.files["/main/datalist/ILSVRC/VGG16_train.txt"] = VGG16_TRAIN.replace(b" 0\n", b" 7\n")
-    status, out, err = _authors("VGG16_train.txt", "--url_base", base, "--output_dir", lists, capsys=capsys)
+    status, out, err = authors("VGG16_train.txt", "--url_base", base, "--output_dir", lists)
     assert status == 2 and len(err.splitlines()) == 1
     assert "is not the checksum recorded in" in err and "not the authors' file, not kept" in err
     assert sorted(os.listdir(lists)) == sorted([CHECKSUM_FILE, "ResNet50_train.txt"])
 
 
-def test_the_evaluation_list_is_checked_against_the_projects_checksum(server, tmp_path, capsys):
+def test_the_evaluation_list_is_checked_against_the_projects_checksum(server, tmp_path, authors):
     base = _serve_lists(server)
     lists = tmp_path / "lists"
-    status, _, err = _authors("Evaluation_2000.txt", "--url_base", base, "--output_dir", lists, capsys=capsys)
+    status, _, err = authors("Evaluation_2000.txt", "--url_base", base, "--output_dir", lists)
     assert status == 2 and len(err.splitlines()) == 1
     assert f"is not the project's checksum {AUTHORS_LISTS['Evaluation_2000.txt']}" in err
     assert not (lists / "Evaluation_2000.txt").exists()
 
     # a checksum given by the user wins (e.g. a list the authors have since updated)
     given = f"Evaluation_2000.txt={_sha256(EVALUATION).upper()}"
-    status, out, _ = _authors(
-        "Evaluation_2000.txt", "--sha256", given, "--url_base", base, "--output_dir", lists, capsys=capsys
-    )
+    status, out, _ = authors("Evaluation_2000.txt", "--sha256", given, "--url_base", base, "--output_dir", lists)
     assert status == 0 and "matches the checksum given" in out
     assert (lists / "Evaluation_2000.txt").read_bytes() == EVALUATION
 
 
-def test_a_cut_download_resumes_and_a_missing_branch_falls_back(server, tmp_path, capsys):
+def test_a_cut_download_resumes_and_a_missing_branch_falls_back(server, tmp_path, authors):
     base = _serve_lists(server, "/master/datalist/ILSVRC")  # only on the second branch
     server.cuts["/master/datalist/ILSVRC/ResNet50_train.txt"] = 1
     lists = tmp_path / "lists"
     argv = ["ResNet50_train.txt", "--url_base", server.url("/main/datalist/ILSVRC"), "--url_base", base]
-    status, out, _ = _authors(*argv, "--output_dir", lists, capsys=capsys)
+    status, out, _ = authors(*argv, "--output_dir", lists)
     assert status == 0, out
     assert (lists / "ResNet50_train.txt").read_bytes() == RESNET50_TRAIN
     assert [path.split("/")[1] for path, _ in server.requests] == ["main", "master", "master"]
     assert server.requests[-1][1] == f"bytes={len(RESNET50_TRAIN) // 2}-"
 
 
-def test_without_a_server_one_line_says_where_to_put_the_file(tmp_path, capsys):
+def test_without_a_server_one_line_says_where_to_put_the_file(tmp_path, authors):
     lists = tmp_path / "lists"
-    status, _, err = _authors(
+    status, _, err = authors(
         "Evaluation_2000.txt",
         "--url_base",
         f"http://127.0.0.1:{_closed_port()}/x",
         "--output_dir",
         lists,
-        capsys=capsys,
     )
     assert status == 2 and len(err.splitlines()) == 1
     assert "without internet, download Evaluation_2000.txt from https://github.com/bmezaris/L-CAM" in err
     assert f"put it at {lists / 'Evaluation_2000.txt'}" in err
 
 
-def test_a_foreign_file_in_place_is_refused_and_left_alone(tmp_path, capsys):
+def test_a_foreign_file_in_place_is_refused_and_left_alone(tmp_path, authors):
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "Evaluation_2000.txt").write_text("my own list 3\n")
-    status, _, err = _authors("Evaluation_2000.txt", "--output_dir", lists, capsys=capsys)
+    status, _, err = authors("Evaluation_2000.txt", "--output_dir", lists)
     assert status == 2 and "it is not the authors' file; move it away" in err
     assert (lists / "Evaluation_2000.txt").read_text() == "my own list 3\n"
 
@@ -263,7 +257,7 @@ def test_a_git_lfs_pointer_is_not_taken_for_the_list(server, tmp_path):
         (["--sha256", "Other.txt=" + "0" * 64], "--sha256 expects NAME=HEX"),
     ],
 )
-def test_bad_names_and_checksums_fail_in_one_line(tmp_path, capsys, argv, message):
-    status, _, err = _authors(*argv, "--output_dir", tmp_path, capsys=capsys)
+def test_bad_names_and_checksums_fail_in_one_line(tmp_path, authors, argv, message):
+    status, _, err = authors(*argv, "--output_dir", tmp_path)
     assert status == 2 and message in err and len(err.splitlines()) == 1
     assert parse_sha256("VGG16_train.txt=" + "A" * 64) == ("VGG16_train.txt", "a" * 64)
