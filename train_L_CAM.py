@@ -12,10 +12,11 @@ import argparse
 import json
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
 
-from models import ARCH_CHOICES, GENERIC, build_model
+from models import ARCH_CHOICES, GENERIC, BackboneFamily, build_model, families, family_of
 from utils.core.checkpoint import list_checkpoints
 from utils.core.cli import REPO_ROOT, run_cli
 from utils.core.files import ensure_writable
@@ -50,7 +51,6 @@ from utils.training import (
 )
 
 ROOT_DIR = REPO_ROOT
-REFERENCE_EPOCHS = {"VGG16": 8, "ResNet50": 26, GENERIC: 8}
 
 
 def _true_false(text: str) -> str:
@@ -59,11 +59,9 @@ def _true_false(text: str) -> str:
     return "True" if text.lower() == "true" else "False"
 
 
-def backbone_family(arch: str) -> str:
-    """``"VGG16"`` or ``"ResNet50"``: the prefix of the reference arch names (or ``"generic"``)."""
-    if arch == GENERIC:
-        return GENERIC
-    return "VGG16" if arch.startswith("VGG16") else "ResNet50"
+def _per_family(describe: Callable[[BackboneFamily], object]) -> str:
+    """``describe(family)`` for every family, e.g. ``"8 (VGG-16), 26 (ResNet-50), 8 (any CNN)"``."""
+    return ", ".join(f"{describe(family)} ({family.title})" for family in families())
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -83,7 +81,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--train_list",
         default=None,
         help="training datalist ('<image path> <label>' per line, model-truth labels) or a folder of class "
-        "subfolders (labels by sorted folder name) [ROOT_DIR/datalist/ILSVRC/{VGG16|ResNet50}_train.txt by --arch]",
+        "subfolders (labels by sorted folder name) [the family's list in ROOT_DIR/datalist/ILSVRC: "
+        + _per_family(lambda family: family.train_list or "required")
+        + "]",
     )
     paths.add_argument(
         "--test_list",
@@ -138,7 +138,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--lr", type=float, default=1e-4, help="base lr: the head's weights train at 100 x lr, its biases at 200 x lr"
     )
     recipe.add_argument(
-        "--epoch", type=int, default=None, help="epochs to train [8 for the VGG16 variants, 26 for the ResNet50 ones]"
+        "--epoch",
+        type=int,
+        default=None,
+        help="epochs to train [the family's: " + _per_family(lambda family: family.epochs) + "]",
     )
     recipe.add_argument("--disp_interval", type=int, default=40, help="steps between progress updates")
     recipe.add_argument(
@@ -235,31 +238,32 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def _generic_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The flags of ``--arch generic`` that were given (``--backbone``, ``--layer``,
+    ``--apply_cam_to``, ``--loss``), by setting name."""
+    names = ("backbone", "layer", "apply_cam_to", "loss")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the defaults that depend on ``--root_dir`` and ``--arch``; check values."""
-    generic_flags = {
-        "backbone": args.backbone,
-        "layer": args.layer,
-        "apply_cam_to": args.apply_cam_to,
-        "loss": args.loss,
-    }
-    if args.arch != GENERIC and any(value is not None for value in generic_flags.values()):
-        given = ", ".join(f"--{name}" for name, value in generic_flags.items() if value is not None)
+    if args.arch != GENERIC and _generic_flags(args):
+        given = ", ".join(f"--{name}" for name in _generic_flags(args))
         raise ValueError(f"{given} only apply to --arch {GENERIC}; {args.arch} fixes its backbone, layer and method")
-    if args.arch == GENERIC and args.train_list is None:
-        raise ValueError(f"--arch {GENERIC} needs --train_list (a datalist or a folder of class subfolders)")
-    family = backbone_family(args.arch)
+    family = family_of(args.arch)
+    if family.train_list is None and args.train_list is None:
+        raise ValueError(f"--arch {args.arch} needs --train_list (a datalist or a folder of class subfolders)")
     datalists = os.path.join(args.root_dir, "datalist", "ILSVRC")
     if args.img_dir is None:
         args.img_dir = os.path.join(args.root_dir, "dataset", "ILSVRC2012_img_train")
     if args.train_list is None:
-        args.train_list = os.path.join(datalists, f"{family}_train.txt")
+        args.train_list = os.path.join(datalists, family.train_list)
     if args.test_list is None:
         args.test_list = os.path.join(datalists, "Evaluation_2000.txt")
     if args.snapshot_dir is None:
         args.snapshot_dir = os.path.join(args.root_dir, "snapshots", args.arch)
     if args.epoch is None:
-        args.epoch = REFERENCE_EPOCHS[family]
+        args.epoch = family.epochs
     for flag in ("batch_size", "input_size", "crop_size", "epoch", "disp_interval", "num_classes"):
         if getattr(args, flag) < 1:
             raise ValueError(f"'--{flag}' must be >= 1, got {getattr(args, flag)}")
@@ -306,14 +310,8 @@ def main(args: argparse.Namespace) -> list[dict]:
     settings = {"mask_loss_maps": args.mask_loss_maps}
     if args.normalize_first_pass:
         settings["normalize_first_pass"] = True
-    if args.arch == GENERIC:
-        settings.update(
-            backbone=args.backbone or "resnet18",
-            layer=args.layer,
-            apply_cam_to=args.apply_cam_to or "image",
-            loss=args.loss or "lcam",
-            input_size=args.crop_size,
-        )
+    if args.arch == GENERIC:  # the flags not given keep the generic variant's defaults
+        settings.update(_generic_flags(args), input_size=args.crop_size)
     pretrained = False if args.backbone_weights.lower() == "none" else args.backbone_weights
     model = build_model(args.arch, pretrained, args.num_classes, args.backbone_mode, **settings).to(device)
     if args.channels_last:

@@ -4,6 +4,7 @@ the baselines, each as a ratio to the backbone's own forward measured in the sam
     python -m bench.bench_lcam --device cuda --amp bf16 --channels_last --batch_size 128
     python -m bench.bench_lcam --device cuda --amp bf16 --channels_last --compile reduce-overhead
     python -m bench.bench_lcam --device cpu --batch_size 8 --size 224 --iters 3   # a CPU look
+    python -m bench.bench_lcam --families generic:resnet18,generic:mobilenet_v3_large   # L-CAM on other CNNs
 
 Random weights (no download), synthetic images already on the device: this measures the
 model and protocol, not the data path (see ``bench/bench_data.py``). Each training step is
@@ -23,21 +24,21 @@ import platform
 import resource
 import time
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
-import torchvision
 
-from models import build_model
+from models import BackboneFamily, archs_of, build_model, get_family, variant_builder
+from models.generic import DEFAULT_BACKBONE
+from utils.core.errors import UserError, UserValueError
 from utils.core.files import atomic_open, write_json
 from utils.core.runtime import add_compile_argument, autocast, compile_function, configure_backends, resolve_device
 from utils.evaluation import LCAMExplainer, evaluate
 from utils.explainers.baselines import NormalizedClassifier, build_explainer
 from utils.training import OptimizerStep, build_optimizer
 
-FAMILIES = {
-    "vgg16": ("VGG16_L_CAM_Fm", "VGG16_L_CAM_Img", torchvision.models.vgg16),
-    "resnet50": ("ResNet50_L_CAM_Fm", "ResNet50_L_CAM_Img", torchvision.models.resnet50),
-}
+# the training steps measured: L-CAM-Fm and L-CAM-Img (L-CAM loss), by where the CAM is applied
+CAM_METHODS = {"feature_maps": "Fm", "image": "Img"}
 PERCENTAGES = (0.0, 0.5, 0.85)
 # The project's targets (bf16 on an H100/H200, batch >= 64; docs/performance.md): the least ratio to the backbone's
 # forward, per measure and family.
@@ -51,7 +52,12 @@ TARGETS = {
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
-    parser.add_argument("--families", default="vgg16,resnet50", help="comma-separated: vgg16, resnet50")
+    parser.add_argument(
+        "--families",
+        default="vgg16,resnet50",
+        help="comma-separated: vgg16, resnet50, generic:NETWORK (L-CAM on a torchvision classifier name or "
+        f"'package.module:callable'; generic alone: {DEFAULT_BACKBONE})",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch_size", type=int, default=128, help="batch for forward, explanation, evaluation")
     parser.add_argument("--train_batch_size", type=int, default=64, help="batch for the training steps")
@@ -182,9 +188,59 @@ def _prepare(model: torch.nn.Module, channels_last: bool, device: torch.device) 
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def _backbone_step(torchvision_builder, images: torch.Tensor, args, device: torch.device) -> Callable[[], object]:
-    """The reference point: the torchvision classifier's own forward on normalised images."""
-    backbone = _prepare(torchvision_builder(weights=None).eval(), args.channels_last, device)
+class BenchedFamily(NamedTuple):
+    """A family as the bench measures it.
+
+    Attributes:
+        label: its name in the rows (``vgg16``, ``generic:resnet18``).
+        family: its record.
+        network_settings: what builds its network (generic: ``backbone``, ``input_size``).
+        variants: ``apply_cam_to`` -> the arch and settings of its L-CAM-Fm and L-CAM-Img models.
+    """
+
+    label: str
+    family: BackboneFamily
+    network_settings: dict[str, Any]
+    variants: dict[str, tuple[str, dict[str, Any]]]
+
+
+def benched_family(spec: str, size: int) -> BenchedFamily:
+    """``vgg16``, ``resnet50`` or ``generic:NETWORK`` (``generic`` alone: the default network)
+    as the bench measures it, at ``size`` pixels.
+
+    Raises:
+        UserValueError: an unknown family, or ``:NETWORK`` after a family that fixes its network.
+    """
+    name, _, network = spec.partition(":")
+    family = get_family(name)
+    if family.builder is None:  # the network is a setting of each model
+        backbone = network or DEFAULT_BACKBONE
+        label, network_settings = f"{family.name}:{backbone}", {"backbone": backbone, "input_size": size}
+    elif network:
+        raise UserValueError(f"{spec!r}: only a family without a fixed network (generic) takes ':NETWORK'")
+    else:
+        label, network_settings = family.name, {}
+    variants = {target: _lcam_variant(family, target, network_settings) for target in CAM_METHODS}
+    return BenchedFamily(label, family, network_settings, variants)
+
+
+def _lcam_variant(
+    family: BackboneFamily, apply_cam_to: str, network_settings: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The arch and settings of ``family``'s L-CAM model (L-CAM loss) that applies its CAM to
+    ``apply_cam_to``: the variant declared so (``VGG16_L_CAM_Fm``), else the family's arch
+    with those settings (generic)."""
+    wanted = {"apply_cam_to": apply_cam_to, "loss": "lcam"}
+    for arch in archs_of(family):
+        if variant_builder(arch).settings == wanted:
+            return arch, dict(network_settings)
+    return archs_of(family)[0], {**network_settings, **wanted}
+
+
+def _backbone_step(benched: BenchedFamily, images: torch.Tensor, args, device: torch.device) -> Callable[[], object]:
+    """The reference point: the family's classifier's own forward on normalised images."""
+    network, _ = benched.family.load_classifier(pretrained=False, **benched.network_settings)
+    backbone = _prepare(network.eval(), args.channels_last, device)
     forward = compile_function(backbone, args.compile)
     normalized = images.sub(0.45).div(0.225)
 
@@ -195,12 +251,14 @@ def _backbone_step(torchvision_builder, images: torch.Tensor, args, device: torc
     return forward_step
 
 
-def training_step(arch: str, images: torch.Tensor, args, device: torch.device, fast: bool = True) -> Callable:
+def training_step(
+    arch: str, images: torch.Tensor, args, device: torch.device, fast: bool = True, **settings
+) -> Callable:
     """One optimizer step of ``arch`` (:class:`utils.training.OptimizerStep`, the training
     loop's: forward with labels and loss under autocast, backward, SGD step); in the settings
     of ``args`` (``fast``) or in the reference's (fp32, contiguous, unfused, eager)."""
     channels_last, amp, mode = (args.channels_last, args.amp, args.compile) if fast else (False, "none", None)
-    model = build_model(arch, pretrained=False, backbone_mode=args.backbone_mode)
+    model = build_model(arch, pretrained=False, backbone_mode=args.backbone_mode, **settings)
     model = _prepare(model, channels_last, device).train()
     optimizer = build_optimizer(model, 1e-4, fused=fast and device.type == "cuda")
     labels = torch.randint(0, 1000, (images.size(0),), device=device)
@@ -224,17 +282,15 @@ def _uses_reference_settings(args: argparse.Namespace) -> bool:
     return args.amp == "none" and not args.channels_last and not args.compile
 
 
-def bench_family(family: str, args, device: torch.device) -> list[dict]:
-    fm_arch, img_arch, torchvision_builder = FAMILIES[family]
+def bench_family(benched: BenchedFamily, args, device: torch.device) -> list[dict]:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     images = torch.rand(args.batch_size, 3, args.size, args.size, device=device).to(memory_format=memory_format)
-    bench = Bench(family, args, device)
+    bench = Bench(benched.label, args, device)
     sizes = (len(images), args.warmup, args.iters)
 
-    bench.measure(
-        "backbone", "backbone forward", lambda: _backbone_step(torchvision_builder, images, args, device), *sizes
-    )
-    model = build_model(img_arch, pretrained=False, backbone_mode=args.backbone_mode).eval()
+    bench.measure("backbone", "backbone forward", lambda: _backbone_step(benched, images, args, device), *sizes)
+    img_arch, img_settings = benched.variants["image"]
+    model = build_model(img_arch, pretrained=False, backbone_mode=args.backbone_mode, **img_settings).eval()
     model = _prepare(model, args.channels_last, device)
     explainer = LCAMExplainer(model, compile=args.compile)
 
@@ -260,12 +316,12 @@ def bench_family(family: str, args, device: torch.device) -> list[dict]:
     train_images = images[: args.train_batch_size]
     batch = len(train_images)
     settings = [True] if args.no_reference_settings or _uses_reference_settings(args) else [True, False]
-    for arch in (fm_arch, img_arch):
-        method = arch.split("_L_CAM_")[1]
+    for apply_cam_to, method in CAM_METHODS.items():
+        arch, variant_settings = benched.variants[apply_cam_to]
         for fast in settings:
             key = f"train_{method.lower()}" + ("" if fast else "_reference_settings")
             name = f"training step {method} (batch {batch})" + ("" if fast else ", reference settings")
-            make_step = functools.partial(training_step, arch, train_images, args, device, fast)
+            make_step = functools.partial(training_step, arch, train_images, args, device, fast, **variant_settings)
             bench.measure(key, name, make_step, batch, args.warmup, args.iters)
 
     if args.baselines:
@@ -302,16 +358,17 @@ def main(args: argparse.Namespace) -> dict:
     ``{"device", "torch", "args", "rows"}``."""
     device = resolve_device(args.device)
     configure_backends()
-    for family in args.families.split(","):
-        if family not in FAMILIES:
-            raise SystemExit(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    try:
+        benched = [benched_family(spec, args.size) for spec in args.families.split(",")]
+    except UserError as error:
+        raise SystemExit(f"--families: {error}") from None
     print(
         f"device: {device_name(device)}; torch {torch.__version__}; amp {args.amp}; "
         f"channels_last {args.channels_last}; compile {args.compile or 'off'}; backbone_mode {args.backbone_mode}; "
         f"batch {args.batch_size} (training {args.train_batch_size}); {args.size} px"
     )
     rows = []
-    for family in args.families.split(","):
+    for family in benched:
         rows.extend(bench_family(family, args, device))
     if device.type == "cpu":
         print(f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

@@ -1,6 +1,6 @@
 """L-CAM-Fm on ResNet-50 layer4 (7x7 FMs), L-CAM loss."""
 
-from models.backbones import ResNet50LCAM
+from models.backbones import RESNET50_FAMILY
 from models.lcam import variant
 
-model = variant(ResNet50LCAM, "ResNet50_L_CAM_Fm", __doc__, apply_cam_to="feature_maps", loss="lcam")
+model = variant(RESNET50_FAMILY, "ResNet50_L_CAM_Fm", __doc__, apply_cam_to="feature_maps", loss="lcam")

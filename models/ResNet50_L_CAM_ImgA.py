@@ -4,9 +4,9 @@ Reference quirk kept by default: the pass that feeds the attention mechanism see
 unnormalised image; ``model(normalize_first_pass=True)`` corrects it.
 """
 
-from models.backbones import ResNet50LCAM
+from models.backbones import RESNET50_FAMILY
 from models.lcam import variant
 
 model = variant(
-    ResNet50LCAM, "ResNet50_L_CAM_ImgA", __doc__, apply_cam_to="image", loss="ce", normalize_first_pass=False
+    RESNET50_FAMILY, "ResNet50_L_CAM_ImgA", __doc__, apply_cam_to="image", loss="ce", normalize_first_pass=False
 )

@@ -1,6 +1,6 @@
 """L-CAM-Fm on VGG-16 conv5_3 (14x14 FMs), L-CAM loss."""
 
-from models.backbones import VGG16LCAM
+from models.backbones import VGG16_FAMILY
 from models.lcam import variant
 
-model = variant(VGG16LCAM, "VGG16_L_CAM_Fm", __doc__, apply_cam_to="feature_maps", loss="lcam")
+model = variant(VGG16_FAMILY, "VGG16_L_CAM_Fm", __doc__, apply_cam_to="feature_maps", loss="lcam")

@@ -1,8 +1,9 @@
 """Backbone families of the reference variants: VGG-16 (14x14 or 7x7 FMs) and ResNet-50.
 
 Each family keeps the torchvision modules under the names the authors' snapshots use
-(``features``/``classifier`` for VGG-16, ``conv1`` ... ``layer4``/``fc`` for ResNet-50)
-and says how to split the classifier at the feature layer.
+(``features``/``classifier`` for VGG-16, ``conv1`` ... ``layer4``/``fc`` for ResNet-50),
+says how to split the classifier at the feature layer, and registers its record
+(:data:`VGG16_FAMILY`, :data:`RESNET50_FAMILY`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
+from models.families import BackboneFamily, register_family
 from models.lcam import LCAM
 from utils.core.checkpoint import CheckpointReadError, read_torch_file
 from utils.core.errors import (
@@ -25,7 +27,16 @@ from utils.core.errors import (
     state_dict_mismatch,
 )
 
-__all__ = ["ResNet50LCAM", "VGG16LCAM", "WeightsDownloadError", "load_torchvision_classifier", "read_state_dict"]
+__all__ = [
+    "RESNET50_FAMILY",
+    "VGG16_FAMILY",
+    "ResNet50LCAM",
+    "TorchvisionLCAM",
+    "VGG16LCAM",
+    "WeightsDownloadError",
+    "load_torchvision_classifier",
+    "read_state_dict",
+]
 
 VGG16_CONV5_3 = 30  # features[:30]: conv5_3 + ReLU, 14 x 14 at 224 px
 VGG16_POOL5 = 31  # features[:31]: after the last max-pool, 7 x 7 at 224 px
@@ -138,7 +149,26 @@ def _with_weights(builder: Callable[..., nn.Module], num_classes: int, state_dic
     return model
 
 
-class VGG16LCAM(LCAM):
+class TorchvisionLCAM(LCAM):
+    """L-CAM on the torchvision classifier of its family's record (``builder``, ``weights``);
+    a subclass takes that classifier (and its own settings) in ``__init__``."""
+
+    @classmethod
+    def load_network(cls, pretrained=True, num_classes: int = 1000, **settings) -> tuple[nn.Module, str]:
+        """The torchvision classifier (see :func:`load_torchvision_classifier` for ``pretrained``)."""
+        return load_torchvision_classifier(cls.family.builder, cls.family.weights, pretrained, num_classes)
+
+    @classmethod
+    def build(cls, arch: str, pretrained=True, num_classes: int = 1000, **settings) -> TorchvisionLCAM:
+        """Build the variant ``arch``: the classifier of :meth:`load_network`, frozen, with an AM."""
+        network, weights_name = cls.load_network(pretrained, num_classes)
+        model = cls(network, **settings)
+        model.arch, model.backbone_weights = arch, weights_name
+        model.freeze_backbone()
+        return model
+
+
+class VGG16LCAM(TorchvisionLCAM):
     """L-CAM on VGG-16: FMs after ``features[:30]`` (conv5_3, 512 x 14 x 14) or
     ``features[:31]`` (pool5, 512 x 7 x 7)."""
 
@@ -153,18 +183,6 @@ class VGG16LCAM(LCAM):
             classifier=vgg.classifier,
         )
 
-    @classmethod
-    def build(cls, arch: str, pretrained=True, num_classes: int = 1000, feature_end: int = VGG16_CONV5_3, **settings):
-        """Build the variant ``arch`` with torchvision's VGG-16 (see
-        :func:`load_torchvision_classifier` for ``pretrained``)."""
-        vgg, weights_name = load_torchvision_classifier(
-            torchvision.models.vgg16, torchvision.models.VGG16_Weights, pretrained, num_classes
-        )
-        model = cls(vgg, feature_end=feature_end, **settings)
-        model.arch, model.backbone_weights = arch, weights_name
-        model.freeze_backbone()
-        return model
-
     def feature_maps(self, normalized_images: torch.Tensor) -> torch.Tensor:
         return self.features(normalized_images)
 
@@ -173,7 +191,23 @@ class VGG16LCAM(LCAM):
         return self.classifier(torch.flatten(pooled, 1))
 
 
-class ResNet50LCAM(LCAM):
+VGG16_FAMILY = register_family(
+    BackboneFamily(
+        name="vgg16",
+        title="VGG-16",
+        feature_layer=f"features[:{VGG16_CONV5_3}]",
+        lcam_class=VGG16LCAM,
+        builder=torchvision.models.vgg16,
+        weights=torchvision.models.VGG16_Weights,
+        target_layer=f"features[{VGG16_CONV5_3 - 1}]",  # features[29]: conv5_3's ReLU, the 14 x 14 maps
+        epochs=8,
+        train_list="VGG16_train.txt",
+        rise_masks=4000,
+    )
+)
+
+
+class ResNet50LCAM(TorchvisionLCAM):
     """L-CAM on ResNet-50: FMs after ``layer4`` (2048 x 7 x 7)."""
 
     def __init__(self, resnet: torchvision.models.ResNet, **settings) -> None:
@@ -181,21 +215,25 @@ class ResNet50LCAM(LCAM):
         names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
         self.add_backbone_modules(**{name: getattr(resnet, name) for name in names})
 
-    @classmethod
-    def build(cls, arch: str, pretrained=True, num_classes: int = 1000, **settings):
-        """Build the variant ``arch`` with torchvision's ResNet-50 (see
-        :func:`load_torchvision_classifier` for ``pretrained``)."""
-        resnet, weights_name = load_torchvision_classifier(
-            torchvision.models.resnet50, torchvision.models.ResNet50_Weights, pretrained, num_classes
-        )
-        model = cls(resnet, **settings)
-        model.arch, model.backbone_weights = arch, weights_name
-        model.freeze_backbone()
-        return model
-
     def feature_maps(self, normalized_images: torch.Tensor) -> torch.Tensor:
         stem = self.maxpool(self.relu(self.bn1(self.conv1(normalized_images))))
         return self.layer4(self.layer3(self.layer2(self.layer1(stem))))
 
     def classify_feature_maps(self, feature_maps: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.avgpool(feature_maps), 1))
+
+
+RESNET50_FAMILY = register_family(
+    BackboneFamily(
+        name="resnet50",
+        title="ResNet-50",
+        feature_layer="layer4",
+        lcam_class=ResNet50LCAM,
+        builder=torchvision.models.resnet50,
+        weights=torchvision.models.ResNet50_Weights,
+        target_layer="layer4[-1]",  # the last bottleneck block (layer4's output)
+        epochs=26,
+        train_list="ResNet50_train.txt",
+        rise_masks=8000,
+    )
+)

@@ -35,9 +35,14 @@ and ConvNeXt), extended over activations and normalisations that directly follow
 AM of a plain ``nn.Sequential`` CNN reads ``conv -> BN -> ReLU``, and DenseNet's reads the
 ReLU after ``features``).
 
-Images enter as RGB in [0, 1] and are normalised with the ImageNet mean and std by the
-model (as for the reference variants): train a classifier for this model on
-``model.normalize(images)``, or simply through ``model.classify(model.normalize(images))``.
+Images enter as RGB in [0, 1] and are normalised by the model, with the ``mean`` and
+``std`` it is given, else those of the network's ``pretrained_cfg`` (timm's convention),
+else ImageNet's (as for the reference variants); the model records them, so a checkpoint
+rebuilds it alone. Train a classifier for this model on ``model.normalize(images)``, or
+simply through ``model.classify(model.normalize(images))``.
+
+The generic family's record is :data:`GENERIC_FAMILY`: the baselines explain the feature maps
+the attention mechanism reads (``target_layer`` None), with RISE's VGG-16 mask count.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import importlib
 import inspect
 import os
 import re
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -54,11 +60,14 @@ import torchvision
 from torch import fx, nn
 
 from models.backbones import load_torchvision_classifier, read_state_dict
+from models.families import BackboneFamily, register_family
 from models.lcam import LCAM, variant
 from utils.core.errors import UserFileNotFoundError, UserValueError, closest_names, state_dict_mismatch
 
 __all__ = [
+    "AS_BUILT",
     "GENERIC_ARCH",
+    "GENERIC_FAMILY",
     "GenericLCAM",
     "find_feature_layer",
     "load_network",
@@ -68,6 +77,7 @@ __all__ = [
 
 GENERIC_ARCH = "generic"
 DEFAULT_BACKBONE = "resnet18"
+AS_BUILT = "as built"  # the weights of a custom network are those its callable gives
 _CUSTOM_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 # Modules and functions that keep the feature maps' shape and meaning: the automatic split
@@ -165,7 +175,7 @@ def _build_custom(spec: str, num_classes: int | None) -> nn.Module:
 
 def _load_custom_weights(network: nn.Module, pretrained, source: str) -> str:
     if pretrained is None or isinstance(pretrained, bool) or pretrained == "none":
-        return "as built"
+        return AS_BUILT
     path = os.fspath(pretrained)
     if not os.path.isfile(path):
         raise UserFileNotFoundError(f"weights file for {source} not found: {path!r} (--backbone_weights)")
@@ -282,10 +292,12 @@ class GenericLCAM(LCAM):
     """L-CAM on any classification CNN (see the module docstring for the split).
 
     Args:
-        network: the classifier, images (ImageNet-normalised) -> N x K logits.
+        network: the classifier, images (normalised with ``mean``/``std``) -> N x K logits.
         layer: dotted name of the module whose output the AM reads; None = automatic.
         input_size: side of the square probe image that checks the split (use a size the
             network accepts, e.g. 64 for a network with a fixed-size head trained at 64 px).
+        mean, std: the network's input normalisation [its ``pretrained_cfg``'s when it has
+            one, else ImageNet's].
         **settings: ``apply_cam_to``, ``loss``, ``backbone_mode``, ``mask_loss_maps`` of
             :class:`models.lcam.LCAM`.
 
@@ -296,7 +308,15 @@ class GenericLCAM(LCAM):
 
     arch = GENERIC_ARCH
 
-    def __init__(self, network: nn.Module, layer: str | None = None, input_size: int = 224, **settings) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        layer: str | None = None,
+        input_size: int = 224,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        **settings,
+    ) -> None:
         own_methods = callable(getattr(network, "feature_maps", None)) and callable(
             getattr(network, "classify_feature_maps", None)
         )
@@ -311,7 +331,10 @@ class GenericLCAM(LCAM):
             chosen_layer = layer if layer is not None else find_feature_layer(network)
             prefix, suffix, cut_name = _split_graph(network, chosen_layer, extend=layer is None)
         in_channels, num_classes = _probe(network, prefix, suffix, input_size, chosen_layer)
-        super().__init__(in_channels=in_channels, num_classes=num_classes, **settings)
+        config = getattr(network, "pretrained_cfg", None) or {}
+        mean = config.get("mean") if mean is None else mean
+        std = config.get("std") if std is None else std
+        super().__init__(in_channels=in_channels, num_classes=num_classes, mean=mean, std=std, **settings)
         self.add_backbone_modules(network=network)
         self.layer = chosen_layer
         self.cut_node = cut_name
@@ -321,6 +344,13 @@ class GenericLCAM(LCAM):
         self._prefix_graph = prefix
         self._suffix_graph = suffix
         self._clone_feature_maps = suffix is not None and _mutates_input(suffix, network)
+
+    @classmethod
+    def load_network(
+        cls, pretrained=False, num_classes: int | None = 1000, backbone: str | nn.Module = DEFAULT_BACKBONE, **_
+    ) -> tuple[nn.Module, str]:
+        """The classifier alone: :func:`load_network` of ``backbone``."""
+        return load_network(backbone, pretrained, num_classes)
 
     @classmethod
     def build(
@@ -341,7 +371,7 @@ class GenericLCAM(LCAM):
             ValueError: the network's output does not have ``num_classes`` classes, or any
                 error of :func:`load_network` and :class:`GenericLCAM`.
         """
-        network, weights_name = load_network(backbone, pretrained, num_classes)
+        network, weights_name = cls.load_network(pretrained, num_classes, backbone)
         lcam = cls(network, layer=layer, input_size=input_size, **settings)
         if num_classes is not None and lcam.num_classes != num_classes:
             raise ValueError(
@@ -356,13 +386,20 @@ class GenericLCAM(LCAM):
 
     def build_settings(self) -> dict[str, Any]:
         """Also the backbone's name (a torchvision name or ``package.module:callable``), the
-        split layer and the probe size."""
+        split layer, the probe size and the normalisation."""
         return {
             **super().build_settings(),
             "backbone": self.backbone_name,
             "layer": self.layer,
             "input_size": self.input_size,
+            "mean": list(self.normalization[0]),
+            "std": list(self.normalization[1]),
         }
+
+    @property
+    def backbone_label(self) -> str:
+        """``"generic:<backbone>"``: the network, e.g. ``generic:resnet18``."""
+        return f"{GENERIC_ARCH}:{self.backbone_name}"
 
     def feature_maps(self, normalized_images: torch.Tensor) -> torch.Tensor:
         if self._prefix_graph is None:
@@ -427,8 +464,23 @@ def _describe(value) -> str:
     return f"shape {tuple(value.shape)}" if torch.is_tensor(value) else f"a {type(value).__name__}"
 
 
+GENERIC_FAMILY = register_family(
+    BackboneFamily(
+        name=GENERIC_ARCH,
+        title="any CNN",
+        feature_layer="the last convolutional stage, or the 'layer' setting",
+        lcam_class=GenericLCAM,
+        builder=None,
+        weights=None,
+        target_layer=None,
+        epochs=8,
+        train_list=None,
+        rise_masks=4000,
+    )
+)
+
 model: Callable[..., LCAM] = variant(
-    GenericLCAM,
+    GENERIC_FAMILY,
     GENERIC_ARCH,
     """L-CAM (Img by default) on any CNN: ``backbone=`` a torchvision name or
     ``"package.module:callable"``, ``layer=`` a dotted module name (None = automatic).""",

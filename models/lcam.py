@@ -13,24 +13,26 @@ still recognise the class, while the maps stay small and smooth:
 with ``TV`` the squared total variation plus a 0.3 border penalty divided by
 ``2 * batch size``. The "A" variants train with the cross-entropy term alone.
 
-A backbone family subclasses :class:`LCAM` and implements three methods
-(:meth:`LCAM.feature_maps`, :meth:`LCAM.classify_feature_maps`, :meth:`LCAM.classify`);
-a variant is :func:`variant` with a few declarative arguments.
+A backbone family subclasses :class:`LCAM`, implements :meth:`LCAM.load_network`,
+:meth:`LCAM.feature_maps` and :meth:`LCAM.classify_feature_maps`, and registers its record
+(:class:`models.families.BackboneFamily`); a variant is :func:`variant` with its family and a
+few declarative arguments.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.families import IMAGENET_MEAN, IMAGENET_STD, BackboneFamily, rgb_triple
+
 __all__ = [
     "APPLY_TO",
     "BACKBONE_MODES",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "LOSSES",
     "MASK_LOSS_MAPS",
     "AttentionMechanism",
@@ -43,9 +45,6 @@ __all__ = [
     "smoothness_loss",
     "variant",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 APPLY_TO = ("feature_maps", "image")
 LOSSES = ("lcam", "ce")
@@ -189,9 +188,16 @@ class LCAM(nn.Module):
             the loss; see :func:`select_loss_maps`.
         normalize_first_pass: whether the pass that feeds the AM sees the normalised
             image. Only ResNet50_L_CAM_ImgA sets it False by default (reference quirk).
+        mean, std: the normalisation of the [0, 1] images (per RGB channel) [the family's;
+            ImageNet's for a class of no family].
+
+    Attributes:
+        family: the class's backbone family (set when the family is registered, see
+            :func:`models.families.register_family`); None for a class of no family.
     """
 
     arch: str = "LCAM"
+    family: ClassVar[BackboneFamily | None] = None
 
     def __init__(
         self,
@@ -202,6 +208,8 @@ class LCAM(nn.Module):
         backbone_mode: str = "reference",
         mask_loss_maps: str = "batch",
         normalize_first_pass: bool = True,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         _check_choice("apply_cam_to", apply_cam_to, APPLY_TO)
@@ -216,11 +224,22 @@ class LCAM(nn.Module):
         self.backbone_mode = backbone_mode
         self.mask_loss_maps = mask_loss_maps
         self.normalize_first_pass = normalize_first_pass
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        family_mean, family_std = (self.family.mean, self.family.std) if self.family else (IMAGENET_MEAN, IMAGENET_STD)
+        self.normalization = (
+            rgb_triple(family_mean if mean is None else mean, "mean"),
+            rgb_triple(family_std if std is None else std, "std"),
+        )
+        self.register_buffer("mean", torch.tensor(self.normalization[0]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.normalization[1]).view(1, 3, 1, 1), persistent=False)
         self.attnM = AttentionMechanism(in_channels, num_classes)
 
     # -- what a backbone family provides -------------------------------------------------
+    @classmethod
+    def load_network(cls, pretrained: Any = True, num_classes: int = 1000, **settings) -> tuple[nn.Module, str]:
+        """The family's classifier alone (images normalised with ``mean``/``std`` -> logits)
+        and a string naming its weights."""
+        raise NotImplementedError
+
     def feature_maps(self, normalized_images: torch.Tensor) -> torch.Tensor:
         """The FMs the AM reads (N x C x h x w)."""
         raise NotImplementedError
@@ -249,7 +268,7 @@ class LCAM(nn.Module):
             parameter.requires_grad_(name.startswith("attnM."))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """ImageNet normalisation of images in [0, 1]."""
+        """The classifier's normalisation (ImageNet's for the reference variants) of images in [0, 1]."""
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     def train(self, mode: bool = True) -> LCAM:
@@ -305,6 +324,12 @@ class LCAM(nn.Module):
             "normalize_first_pass": self.normalize_first_pass,
         }
 
+    @property
+    def backbone_label(self) -> str:
+        """The classifier this model explains, for tables and file names: its family's name
+        (``"vgg16"``), or the class's name for a model of no family."""
+        return self.family.name if self.family else type(self).__name__
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What training changes: the AM's parameters and every buffer (BatchNorm statistics
         drift in reference mode)."""
@@ -324,17 +349,20 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name!r} must be one of {choices}, got {value!r}")
 
 
-def variant(family: type[LCAM], arch: str, doc: str, **settings) -> Callable[..., LCAM]:
+def variant(family: BackboneFamily, arch: str, doc: str, **settings) -> Callable[..., LCAM]:
     """Make the ``model(pretrained=True, num_classes=1000, backbone_mode="reference")``
-    builder of a named variant: ``family.build(arch=arch, **settings, **kwargs)``."""
+    builder of a named variant: ``family.lcam_class.build(arch=arch, **settings, **kwargs)``.
+    The builder keeps its ``family`` and ``settings`` as attributes."""
 
     def model(pretrained=True, num_classes: int = 1000, backbone_mode: str = "reference", **kwargs) -> LCAM:
         options = {**settings, **kwargs}
-        return family.build(
+        return family.lcam_class.build(
             arch=arch, pretrained=pretrained, num_classes=num_classes, backbone_mode=backbone_mode, **options
         )
 
     model.__doc__ = doc
     model.__name__ = "model"
     model.__qualname__ = f"{arch}.model"
+    model.family = family
+    model.settings = dict(settings)
     return model

@@ -9,8 +9,9 @@ throughput, a bar chart and a qualitative figure (a row per image, a column per 
 Every method goes through :func:`utils.evaluation.evaluate`, the code path of
 ``Evaluation_L_CAM_*.py`` (same explained class, normalisation, ``keep_top``, masking in
 [0, 1] space), so the numbers are comparable by construction. The baselines explain the
-classifier of the first ``--lcam`` checkpoint of each backbone (VGG-16, ResNet-50), or the
-torchvision classifier given by ``--classifier``.
+classifier of the first ``--lcam`` checkpoint of each backbone (VGG-16, ResNet-50, or the
+network of a generic checkpoint, e.g. ``generic:resnet18``) at its family's target layer, or
+the torchvision classifier given by ``--classifier``.
 """
 
 from __future__ import annotations
@@ -18,15 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-import torchvision
 
-from models import ARCH_CHOICES
-from models.backbones import load_torchvision_classifier
+from models import ARCH_CHOICES, BackboneFamily, families, get_family
 from utils.core.cli import HelpFormatter, run_cli
 from utils.core.errors import UserValueError, closest_names
 from utils.core.files import ensure_writable, write_json
@@ -51,19 +49,16 @@ from utils.evaluation.reports import (
     save_scores_chart,
     write_markdown,
 )
-from utils.explainers.baselines import BASELINES, RISE_DEFAULT_MASKS, NormalizedClassifier, build_explainer
+from utils.explainers.baselines import BASELINES, NormalizedClassifier, build_explainer
 
-__all__ = ["FAMILIES", "Entry", "TimedExplainer", "get_args_parser", "main"]
+__all__ = ["Entry", "TimedExplainer", "get_args_parser", "main"]
 
-FAMILIES = {
-    "vgg16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights),
-    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
-}
 DEFAULT_METHODS = "gradcam,gradcampp,scorecam,rise"
 
 
 class Entry(NamedTuple):
-    """One row of the comparison: a method explaining a classifier."""
+    """One row of the comparison: a method explaining a classifier; ``family`` names the
+    classifier (``vgg16``, ``resnet50``, ``generic:resnet18``: see ``LCAM.backbone_label``)."""
 
     name: str
     family: str
@@ -108,12 +103,9 @@ class TimedExplainer:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _family_of(arch: str) -> str:
-    """``vgg16`` or ``resnet50`` for the reference variants; the arch itself otherwise."""
-    for family, prefix in (("vgg16", "VGG16"), ("resnet50", "ResNet50")):
-        if arch.startswith(prefix):
-            return family
-    return arch
+def _torchvision_families() -> tuple[BackboneFamily, ...]:
+    """The families whose classifier ``--classifier`` can build (a torchvision builder)."""
+    return tuple(family for family in families() if family.builder is not None)
 
 
 def _key_value(text: str, flag: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
@@ -148,9 +140,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FAMILY=WEIGHTS",
-        help="a torchvision classifier for the baselines (FAMILY: vgg16 or resnet50; WEIGHTS: a torchvision weights "
-        "name such as IMAGENET1K_V1, a state_dict path, or 'none' for random weights); replaces the backbone of the "
-        "--lcam checkpoints of that family for the baselines; repeatable",
+        help=f"a torchvision classifier for the baselines (FAMILY: {' or '.join(f.name for f in _torchvision_families())}; "
+        "WEIGHTS: a torchvision weights name such as IMAGENET1K_V1, a state_dict path, or 'none' for random weights); "
+        "replaces the backbone of the --lcam checkpoints of that family for the baselines; repeatable (a generic "
+        "checkpoint's baselines explain its own network)",
     )
     what.add_argument("--num_classes", type=int, default=None, help="classes [the checkpoints'; 1000 for --classifier]")
 
@@ -174,7 +167,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--rise_masks",
         type=int,
         default=None,
-        help=f"RISE masks N [reference: {RISE_DEFAULT_MASKS['vgg16']} VGG-16, {RISE_DEFAULT_MASKS['resnet50']} ResNet-50]",
+        help="RISE masks N [the family's: " + ", ".join(f"{f.rise_masks} {f.title}" for f in families()) + "]",
     )
     methods.add_argument(
         "--rise_mask_dir", default=None, help="where RISE masks are cached and reused [OUTPUT_DIR/rise_masks]"
@@ -229,9 +222,13 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
         if arch not in ARCH_CHOICES:
             parser.error(f"--lcam: unknown arch {arch!r}; {closest_names(arch, ARCH_CHOICES)}")
     args.classifier_list = [_key_value(text, "--classifier", parser) for text in args.classifier]
-    for family, _ in args.classifier_list:
-        if family not in FAMILIES:
-            parser.error(f"--classifier: unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    buildable = {family.name: family for family in _torchvision_families()}
+    for name, _ in args.classifier_list:
+        if name not in buildable:
+            parser.error(
+                f"--classifier: unknown family {name!r}; valid: {', '.join(buildable)} "
+                "(the baselines of a generic --lcam checkpoint explain its own network)"
+            )
     if not args.lcam_list and not args.method_list:
         parser.error("nothing to compare: give --lcam and/or --methods")
     if args.method_list and not args.lcam_list and not args.classifier_list:
@@ -240,34 +237,27 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
 
 
 def _build_entries(args: argparse.Namespace, device: torch.device) -> list[Entry]:
-    """The L-CAM rows, then every baseline on every classifier family."""
+    """The L-CAM rows, then every baseline on every classifier: the first ``--lcam``
+    checkpoint's of each backbone, or a ``--classifier``'s."""
     entries: list[Entry] = []
-    families: dict[str, tuple[NormalizedClassifier, str]] = {}
+    classifiers: dict[str, tuple[NormalizedClassifier, str]] = {}
     for arch, path in args.lcam_list:
         model, metadata = load_lcam_model(arch, path, args.num_classes, device=device)
-        family = _family_of(arch)
-        entries.append(Entry(arch, family, lcam_classifier(model), LCAMExplainer(model), metadata["path"]))
-        if not args.method_list or family in families:
-            continue
-        if family in RISE_DEFAULT_MASKS:
-            families[family] = (NormalizedClassifier.from_lcam(model), f"backbone of {arch}")
-        else:
-            warnings.warn(
-                f"--methods: the baselines explain VGG-16 and ResNet-50 classifiers only, not the one of --lcam {arch} "
-                "(give --classifier vgg16|resnet50=WEIGHTS for baseline rows)",
-                stacklevel=2,
-            )
-    for family, weights in args.classifier_list:
-        builder, weights_enum = FAMILIES[family]
+        backbone = model.backbone_label
+        entries.append(Entry(arch, backbone, lcam_classifier(model), LCAMExplainer(model), metadata["path"]))
+        if args.method_list and backbone not in classifiers:
+            classifiers[backbone] = (NormalizedClassifier.from_lcam(model), f"backbone of {arch}")
+    for name, weights in args.classifier_list:
+        family = get_family(name)
         pretrained = False if weights == "none" else weights
-        network, weights_name = load_torchvision_classifier(builder, weights_enum, pretrained, args.num_classes or 1000)
+        network, weights_name = family.load_classifier(pretrained, args.num_classes or 1000)
         for parameter in network.parameters():
             parameter.requires_grad_(False)
-        classifier = NormalizedClassifier.from_torchvision(network).to(device).eval()
-        families[family] = (classifier, f"torchvision {family} ({weights_name})")
-    for family, (classifier, source) in families.items():
+        classifier = NormalizedClassifier.from_torchvision(network, family).to(device).eval()
+        classifiers[family.name] = (classifier, f"torchvision {family.name} ({weights_name})")
+    for backbone, (classifier, source) in classifiers.items():
         for method in args.method_list:
-            num_masks = args.rise_masks or RISE_DEFAULT_MASKS[family]
+            num_masks = args.rise_masks or classifier.family.rise_masks
             mask_name = f"rise_N{num_masks}_s7_p0.5_seed{args.seed}_{args.crop_size}px.pt"
             explainer = build_explainer(
                 method,
@@ -278,7 +268,7 @@ def _build_entries(args: argparse.Namespace, device: torch.device) -> list[Entry
                 chunk_size=args.chunk_size,
                 batch_size=args.chunk_size,
             )
-            entries.append(Entry(method, family, classifier, explainer, source))
+            entries.append(Entry(method, backbone, classifier, explainer, source))
     return entries
 
 
@@ -413,8 +403,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
                     progress=not args.no_progress,
                 )
             )
-        safe_name = entry.name.replace(":", "_")
-        write_result(result, os.path.join(args.output_dir, "results", f"{entry.family}_{safe_name}.json"), run=row)
+        safe_name = f"{entry.family}_{entry.name}".replace(":", "_")  # generic:pkg.module:Net, gradcam-pkg:X
+        write_result(result, os.path.join(args.output_dir, "results", f"{safe_name}.json"), run=row)
         line = ", ".join(
             f"AD {entry_['average_drop']:.2f} IC {entry_['increase_in_confidence']:.2f} @ top {kept_label(entry_['percentage'])}"
             for entry_ in result.summary

@@ -13,7 +13,7 @@ is drawn in its place.
 ``ResNet50_train.txt``) from their repository into ``datalist/ILSVRC/``, each checked against
 a SHA-256 (:mod:`utils.data.authors`).
 
-    python -m scripts.make_datalist train --backbone ResNet50 --img_dir dataset/ILSVRC2012_img_train
+    python -m scripts.make_datalist train --backbone resnet50 --img_dir dataset/ILSVRC2012_img_train
     python -m scripts.make_datalist val --img_dir dataset/ILSVRC2012_img_val --ground_truth LOC_val_solution.csv
     python -m scripts.make_datalist authors Evaluation_2000.txt
 """
@@ -27,12 +27,11 @@ import random
 import sys
 
 import torch
-import torchvision
 from PIL import Image
 from tqdm import tqdm
 
+from models import BackboneFamily, families, get_family
 from models.backbones import load_torchvision_classifier
-from models.lcam import IMAGENET_MEAN, IMAGENET_STD
 from utils.core.cli import REPO_ROOT, HelpFormatter, non_negative_int, positive_float, run_cli
 from utils.core.errors import UserValueError
 from utils.core.files import atomic_open, ensure_writable
@@ -49,21 +48,14 @@ from utils.data.datalists import (
 )
 from utils.evaluation import warn_unreadable
 
-__all__ = [
-    "BACKBONES",
-    "fetch_authors",
-    "get_args_parser",
-    "main",
-    "make_train_list",
-    "make_val_list",
-    "read_ground_truth",
-]
+__all__ = ["fetch_authors", "get_args_parser", "main", "make_train_list", "make_val_list", "read_ground_truth"]
 
 ROOT_DIR = REPO_ROOT
-BACKBONES = {
-    "VGG16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights),
-    "ResNet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights),
-}
+
+
+def _labelling_families() -> dict[str, BackboneFamily]:
+    """The families with a torchvision classifier and a training datalist, by name."""
+    return {family.name: family for family in families() if family.builder is not None and family.train_list}
 
 
 def _relative(path: str, root: str) -> str:
@@ -96,20 +88,20 @@ def make_train_list(args: argparse.Namespace) -> str:
     if not todo:
         return args.output
     seed_everything(args.seed)
-    builder, weights_enum = BACKBONES[args.backbone]
+    family = get_family(args.backbone)
     pretrained = False if args.backbone_weights.lower() == "none" else args.backbone_weights
-    classifier, weights_name = load_torchvision_classifier(builder, weights_enum, pretrained, args.num_classes)
+    classifier, weights_name = load_torchvision_classifier(family.builder, family.weights, pretrained, args.num_classes)
     classifier = classifier.eval().to(device)
     if args.channels_last:
         classifier = classifier.to(memory_format=torch.channels_last)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(family.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(family.std, device=device).view(1, 3, 1, 1)
     dataset = ImageList(todo, eval_transform(args.input_size, args.crop_size))
     loader = build_loader(dataset, args.batch_size, device, num_workers=args.num_workers)
     failed = []
     os.makedirs(os.path.dirname(os.path.abspath(args.output)) or ".", exist_ok=True)
     with open(args.output, "a", encoding="utf-8") as handle, torch.inference_mode():
-        for batch in tqdm(loader, desc=f"{args.backbone} ({weights_name}) predictions", unit="batch"):
+        for batch in tqdm(loader, desc=f"{family.title} ({weights_name}) predictions", unit="batch"):
             failed.extend(batch.failed)
             if batch.images is None:
                 continue
@@ -292,14 +284,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="label a train folder with the frozen classifier's predictions",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    train.add_argument("--backbone", choices=sorted(BACKBONES), required=True, help="the classifier to explain")
+    train.add_argument(
+        "--backbone",
+        type=str.lower,
+        choices=sorted(_labelling_families()),
+        required=True,
+        help="the family of the classifier to explain (case-insensitive: VGG16 and ResNet50 work too)",
+    )
     train.add_argument(
         "--img_dir",
         default=os.path.join(ROOT_DIR, "dataset", "ILSVRC2012_img_train"),
         help="folder of class subfolders",
     )
     train.add_argument(
-        "--output", default=None, help="datalist to write or continue [datalist/ILSVRC/BACKBONE_train.txt]"
+        "--output",
+        default=None,
+        help="datalist to write or continue [the family's list in datalist/ILSVRC: "
+        + ", ".join(f"{family.train_list} ({name})" for name, family in _labelling_families().items())
+        + "]",
     )
     train.add_argument(
         "--backbone_weights",
@@ -403,7 +405,7 @@ def main(args: argparse.Namespace) -> str:
         return fetch_authors(args)
     if args.command == "train":
         if args.output is None:
-            args.output = os.path.join(ROOT_DIR, "datalist", "ILSVRC", f"{args.backbone}_train.txt")
+            args.output = os.path.join(ROOT_DIR, "datalist", "ILSVRC", get_family(args.backbone).train_list)
         if args.batch_size < 1 or args.num_workers < 0:
             raise ValueError("'--batch_size' must be >= 1 and '--num_workers' >= 0")
         ensure_writable(args.output, "--output")

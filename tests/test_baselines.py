@@ -185,7 +185,7 @@ def test_rise_masks_are_cached_to_a_file_and_checked(tmp_path, classifier, batch
 def test_rise_default_mask_counts_follow_the_reference(make_model, tiny_classifier):
     resnet = NormalizedClassifier.from_lcam(make_model("ResNet50_L_CAM_Img", num_classes=5))
     assert RISE(resnet).settings["num_masks"] == 8000
-    assert RISE(tiny_classifier()).settings["num_masks"] == 4000  # family unknown -> VGG-16 default
+    assert RISE(tiny_classifier()).settings["num_masks"] == 4000  # any CNN: the generic family's count
 
 
 def test_lcam_backbone_wrapper_and_package_methods_restore_modes_and_hooks(make_model, images):

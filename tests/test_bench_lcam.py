@@ -65,9 +65,40 @@ def test_reference_settings_are_not_measured_twice_and_a_failing_measure_is_reco
     assert "training step Img (batch 2)" in out and "baseline no_such_method" in out and "FAILED: ValueError" in out
 
 
-def test_unknown_family_is_refused():
-    with pytest.raises(SystemExit, match="unknown family 'alexnet'"):
-        bench_lcam.main(bench_lcam.get_args_parser().parse_args(["--device", "cpu", "--families", "alexnet"]))
+@pytest.mark.parametrize(
+    ("families", "message"),
+    [("alexnet", "unknown backbone family 'alexnet'"), ("vgg16:resnet18", "only a family without a fixed network")],
+)
+def test_unknown_family_is_refused(families, message):
+    with pytest.raises(SystemExit, match=message):
+        bench_lcam.main(bench_lcam.get_args_parser().parse_args(["--device", "cpu", "--families", families]))
+
+
+def test_generic_family_on_any_network(capsys):
+    flags = ["--families", "generic:tests.test_families:TinyNet", *TINY[4:], *QUICK, "--no_reference_settings"]
+    report = bench_lcam.main(bench_lcam.get_args_parser().parse_args(["--device", "cpu", *flags]))
+    assert {row["family"] for row in report["rows"]} == {"generic:tests.test_families:TinyNet"}
+    assert [row["key"] for row in report["rows"]] == [
+        "backbone",
+        "explanation",
+        "predict_and_explain",
+        "evaluation",
+        "train_fm",
+        "train_img",
+        "baseline_gradcam",
+    ]
+    assert all("error" not in row and row["images_per_s"] > 0 for row in report["rows"])
+    assert bench_lcam.benched_family("generic", 32).variants == {
+        "feature_maps": (
+            "generic",
+            {"backbone": "resnet18", "input_size": 32, "apply_cam_to": "feature_maps", "loss": "lcam"},
+        ),
+        "image": ("generic", {"backbone": "resnet18", "input_size": 32}),
+    }
+    assert bench_lcam.benched_family("vgg16", 32).variants == {
+        "feature_maps": ("VGG16_L_CAM_Fm", {}),
+        "image": ("VGG16_L_CAM_Img", {}),
+    }
 
 
 def test_gpu_suite_is_valid_shell():

@@ -248,9 +248,10 @@ def test_compare_writes_its_table_after_each_method(checkpoint, images, tmp_path
     assert _exit_status(run_cli, compare.main, compare.get_args_parser(), argv) == 130
     assert len(calls) == 2
     rows = (output / "comparison.csv").read_text().splitlines()
-    assert len(rows) == 2 and rows[1].startswith("generic,generic,")  # the header and the finished method
+    backbone = "generic:tests.test_faults_commands:TinyCNN"  # the generic family's row names its network
+    assert len(rows) == 2 and rows[1].startswith(f"{backbone},generic,")  # the header and the finished method
     assert len(json.loads((output / "comparison.json").read_text())["results"]) == 1
-    assert (output / "results" / "generic_generic.json").is_file()
+    assert (output / "results" / "generic_tests.test_faults_commands_TinyCNN_generic.json").is_file()
     warnings = [line for line in capsys.readouterr().err.splitlines() if ": warning: " in line]
     assert len(warnings) == 2 and "corrupt.png" in warnings[1]  # missing ones, then the unreadable one
 

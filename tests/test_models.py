@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torchvision
 
 from models import ARCHS, build_model
-from models.lcam import IMAGENET_MEAN, IMAGENET_STD
+from models.families import IMAGENET_MEAN, IMAGENET_STD
 
 VGG_ARCHS = [arch for arch in ARCHS if arch.startswith("VGG16")]
 RESNET_ARCHS = [arch for arch in ARCHS if arch.startswith("ResNet50")]

@@ -24,8 +24,9 @@ name                          resolution    map
                                             ReLU'd and min-max normalised by the package
 ============================  ============  ==========================================
 
-h x w is the target layer's size (14 x 14 for VGG-16 ``features[29]``, 7 x 7 for ResNet-50
-``layer4[-1]`` at 224 px); H x W is the input size. Called directly, pytorch-grad-cam
+h x w is the target layer's size (the family's ``target_layer``: 14 x 14 for VGG-16
+``features[29]``, 7 x 7 for ResNet-50 ``layer4[-1]`` at 224 px; a generic model's feature
+maps); H x W is the input size. Called directly, pytorch-grad-cam
 resizes its maps to the input size with OpenCV and then min-max normalises them *again*
 (the reference normalises only before upsampling, so those maps differ); the adapter keeps
 them at the layer's size so that every CAM method, like L-CAM, is upsampled by the same
@@ -40,21 +41,23 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.lcam import IMAGENET_MEAN, IMAGENET_STD, LCAM
+from models.families import BackboneFamily, families, get_family
+from models.generic import GENERIC_FAMILY
+from models.lcam import LCAM
 from utils.core.checkpoint import save_checkpoint
+from utils.core.errors import UserTypeError
 from utils.explainers.maps import minmax_normalize
 
 __all__ = [
     "BASELINES",
     "PACKAGE_METHODS",
-    "RISE_DEFAULT_MASKS",
     "GradCAMPlusPlus",
     "NormalizedClassifier",
     "PackageCAM",
@@ -76,25 +79,28 @@ PACKAGE_METHODS = (
     "ScoreCAM",
     "GradCAMPlusPlus",
 )
-# RISE defaults of the reference comparison: N masks per backbone family, s = 7, p1 = 0.5.
-RISE_DEFAULT_MASKS = {"vgg16": 4000, "resnet50": 8000}
+# RISE defaults of the reference comparison: s = 7, p1 = 0.5 (N: the family's ``rise_masks``).
 RISE_GRID_SIZE = 7
 RISE_KEEP_PROBABILITY = 0.5
 
 
 class _LCAMClassifier(nn.Module):
-    """The classifier inside an L-CAM model, on normalised images."""
+    """The classifier inside an L-CAM model, on normalised images. Its identity module
+    ``feature_maps_output`` outputs the feature maps the attention mechanism reads: a target
+    layer that every L-CAM model has, whatever its network."""
 
     def __init__(self, lcam_model: LCAM) -> None:
         super().__init__()
         self.lcam_model = lcam_model
+        self.feature_maps_output = nn.Identity()
 
     def forward(self, normalized_images: torch.Tensor) -> torch.Tensor:
-        return self.lcam_model.classify(normalized_images)
+        feature_maps = self.feature_maps_output(self.lcam_model.feature_maps(normalized_images))
+        return self.lcam_model.classify_feature_maps(feature_maps)
 
 
 class NormalizedClassifier(nn.Module):
-    """Images in [0, 1] -> ImageNet normalisation -> a torchvision-style classifier -> logits.
+    """Images in [0, 1] -> the family's normalisation -> a classifier -> logits.
 
     Baselines get [0, 1] images like L-CAM; the methods that mask the normalised input
     (Score-CAM, RISE) use :meth:`normalize` and :attr:`classifier` directly.
@@ -102,56 +108,77 @@ class NormalizedClassifier(nn.Module):
     Args:
         classifier: a module taking normalised images and returning logits.
         target_layer: the layer whose output the CAM methods read.
-        family: ``"vgg16"`` or ``"resnet50"`` (chooses RISE's default number of masks).
+        family: the classifier's backbone family (a record or its name): RISE's default
+            number of masks and the normalisation; None: the generic family (any CNN).
+        mean, std: the normalisation, when not the family's.
 
     Attributes:
         target_layers: ``[target_layer]`` (a plain list, so the layer is not registered
             twice in the state dict; pytorch-grad-cam's convention).
     """
 
-    def __init__(self, classifier: nn.Module, target_layer: nn.Module, family: str = "") -> None:
+    def __init__(
+        self,
+        classifier: nn.Module,
+        target_layer: nn.Module,
+        family: BackboneFamily | str | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         self.classifier = classifier
         self.target_layers = [target_layer]
-        self.family = family
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.family = get_family(family) if isinstance(family, str) else family or GENERIC_FAMILY
+        mean = self.family.mean if mean is None else mean
+        std = self.family.std if std is None else std
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def target_layer(self) -> nn.Module:
         return self.target_layers[0]
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """ImageNet normalisation of images in [0, 1]."""
+        """The classifier's normalisation of images in [0, 1]."""
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.normalize(images))
 
     @classmethod
-    def from_torchvision(cls, model: nn.Module) -> NormalizedClassifier:
-        """Wrap a torchvision VGG-16 (target ``features[29]``) or ResNet (``layer4[-1]``).
+    def from_torchvision(cls, model: nn.Module, family: BackboneFamily | str | None = None) -> NormalizedClassifier:
+        """Wrap a torchvision classifier of a family with a target layer (VGG-16 ``features[29]``,
+        ResNet-50 ``layer4[-1]``); ``family`` None: the first such family whose target layer
+        ``model`` has (any torchvision ResNet is then explained at ``layer4[-1]``).
 
         Raises:
-            TypeError: a model that is neither.
+            TypeError: ``model`` has no such layer.
         """
-        if hasattr(model, "features") and hasattr(model, "classifier") and len(model.features) > 29:
-            return cls(model, model.features[29], "vgg16")
-        if hasattr(model, "layer4") and hasattr(model, "fc"):
-            return cls(model, model.layer4[-1], "resnet50")
-        raise TypeError(
-            f"'model' must be a torchvision VGG-16 (features[29]) or ResNet (layer4[-1]), got {type(model).__name__}"
-        )
+        if isinstance(family, str):
+            family = get_family(family)
+        candidates = [family] if family is not None else [each for each in families() if each.target_layer]
+        for candidate in candidates:
+            target_layer = candidate.find_target_layer(model)
+            if target_layer is not None:
+                return cls(model, target_layer, candidate)
+        expected = " or ".join(f"{each.title} ({each.target_layer})" for each in candidates)
+        raise UserTypeError(f"'model' must be a torchvision {expected} classifier, got {type(model).__name__}")
 
     @classmethod
     def from_lcam(cls, lcam_model: LCAM) -> NormalizedClassifier:
-        """The classifier an L-CAM model explains: ``lcam_model.classify(normalize(x))``,
-        target layer ``features[29]`` (VGG-16 variants) or ``layer4[-1]`` (ResNet-50)."""
+        """The classifier an L-CAM model explains, ``classify_feature_maps(feature_maps(x))``
+        on its own normalisation, at its family's target layer (VGG-16 ``features[29]``,
+        ResNet-50 ``layer4[-1]``) or, for a family that names none (generic), at the feature
+        maps its attention mechanism reads."""
         if not isinstance(lcam_model, LCAM):
-            raise TypeError(f"'lcam_model' must be an L-CAM model, got {type(lcam_model).__name__}")
-        if hasattr(lcam_model, "features"):
-            return cls(_LCAMClassifier(lcam_model), lcam_model.features[29], "vgg16")
-        return cls(_LCAMClassifier(lcam_model), lcam_model.layer4[-1], "resnet50")
+            raise UserTypeError(f"'lcam_model' must be an L-CAM model, got {type(lcam_model).__name__}")
+        classifier = _LCAMClassifier(lcam_model)
+        family = lcam_model.family
+        target_layer = family.find_target_layer(lcam_model) if family is not None else None
+        if target_layer is None:
+            target_layer = classifier.feature_maps_output
+        mean, std = lcam_model.normalization
+        return cls(classifier, target_layer, family, mean=mean, std=std)
 
 
 # -- shared helpers --------------------------------------------------------------------------
@@ -354,8 +381,8 @@ class RISE:
 
     Args:
         classifier: the wrapped classifier.
-        num_masks: N (reference: 4000 for VGG-16, 8000 for ResNet-50; see
-            ``RISE_DEFAULT_MASKS``); ``None`` picks it from ``classifier.family``.
+        num_masks: N; ``None``: the classifier's family's ``rise_masks`` (the reference's
+            4000 for VGG-16, 8000 for ResNet-50).
         grid_size: s (7). keep_probability: p1 (0.5). seed: seeds the masks.
         mask_path: a ``.pt`` file caching the masks: loaded when it exists (and checked
             against the settings), written after generation otherwise. ``None``: no file.
@@ -373,7 +400,7 @@ class RISE:
         chunk_size: int = 250,
     ) -> None:
         if num_masks is None:
-            num_masks = RISE_DEFAULT_MASKS.get(classifier.family, RISE_DEFAULT_MASKS["vgg16"])
+            num_masks = classifier.family.rise_masks
         if num_masks < 1 or chunk_size < 1:
             raise ValueError(f"'num_masks' and 'chunk_size' must be positive, got {num_masks} and {chunk_size}")
         self.classifier = classifier

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from models import ARCH_CHOICES, GENERIC, build_model
+from models.generic import AS_BUILT
 from models.lcam import LCAM, LCAMOutput
 from utils.core.checkpoint import FORMAT, find_newest_checkpoint, load_checkpoint, read_torch_file
 from utils.core.runtime import compile_function
@@ -102,9 +103,12 @@ def resolve_checkpoint(restore_from: str | None, snapshot_dir: str | None, resum
     return newest
 
 
-def _weights_name(recorded: str) -> bool | str:
+def _weights_name(recorded: str) -> bool | str | None:
     """A checkpoint's recorded ``backbone_weights`` as a ``pretrained`` argument:
-    ``"VGG16_Weights.IMAGENET1K_V1"`` -> ``"IMAGENET1K_V1"``, ``"none"`` -> False, a path as is."""
+    ``"VGG16_Weights.IMAGENET1K_V1"`` -> ``"IMAGENET1K_V1"``, ``"none"`` -> False, a custom
+    network's ``"as built"`` -> None (call its builder again), a path as is."""
+    if recorded == AS_BUILT:
+        return None
     if recorded in (None, "", "none", "unknown"):
         return False if recorded == "none" else True
     prefix, _, member = recorded.rpartition(".")
@@ -170,7 +174,7 @@ def load_lcam_model(
     if num_classes is not None and num_classes != stored_classes:
         raise ValueError(f"{path}: checkpoint has {stored_classes} classes, but --num_classes is {num_classes}")
     if full:
-        pretrained: bool | str = False  # the checkpoint overwrites every backbone weight
+        pretrained: bool | str | None = False  # the checkpoint overwrites every backbone weight
     elif backbone_weights is not None:
         pretrained = _weights_name(backbone_weights)
     else:
