@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -33,13 +31,20 @@ from utils.data.datalists import check_images_exist, samples_from
 from utils.evaluation import (
     LCAMExplainer,
     build_eval_loader,
-    evaluate,
     lcam_classifier,
     load_lcam_model,
     normalize_and_upsample,
     parse_percentages,
     warn_unreadable,
-    write_result,
+)
+from utils.evaluation.comparison import (
+    Entry,
+    baseline_entries,
+    device_description,
+    evaluate_entries,
+    result_row,
+    score_line,
+    write_entry_result,
 )
 from utils.evaluation.reports import (
     MethodScores,
@@ -49,58 +54,11 @@ from utils.evaluation.reports import (
     save_scores_chart,
     write_markdown,
 )
-from utils.explainers.baselines import BASELINES, NormalizedClassifier, build_explainer
+from utils.explainers.baselines import BASELINES, NormalizedClassifier
 
-__all__ = ["Entry", "TimedExplainer", "get_args_parser", "main"]
+__all__ = ["get_args_parser", "main"]
 
 DEFAULT_METHODS = "gradcam,gradcampp,scorecam,rise"
-
-
-class Entry(NamedTuple):
-    """One row of the comparison: a method explaining a classifier; ``family`` names the
-    classifier (``vgg16``, ``resnet50``, ``generic:resnet18``: see ``LCAM.backbone_label``)."""
-
-    name: str
-    family: str
-    classifier: Callable[[torch.Tensor], torch.Tensor]
-    explainer: Any
-    source: str
-
-
-class TimedExplainer:
-    """Wraps an explainer and measures the time spent explaining (waiting for the device),
-    forwarding ``predict_and_explain`` when the wrapped one has it."""
-
-    def __init__(self, explainer: Any, device: torch.device) -> None:
-        self.explainer = explainer
-        self.device = device
-        self.seconds = 0.0
-        self.images = 0
-        if hasattr(explainer, "predict_and_explain"):
-            self.predict_and_explain = self._timed(explainer.predict_and_explain)
-
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _timed(self, function: Callable) -> Callable:
-        def timed(images: torch.Tensor, *args):
-            self._synchronize()
-            start = time.perf_counter()
-            result = function(images, *args)
-            self._synchronize()
-            self.seconds += time.perf_counter() - start
-            self.images += len(images)
-            return result
-
-        return timed
-
-    def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        return self._timed(self.explainer.explain)(images, classes)
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
 def _torchvision_families() -> tuple[BackboneFamily, ...]:
@@ -256,19 +214,17 @@ def _build_entries(args: argparse.Namespace, device: torch.device) -> list[Entry
         classifier = NormalizedClassifier.from_torchvision(network, family).to(device).eval()
         classifiers[family.name] = (classifier, f"torchvision {family.name} ({weights_name})")
     for backbone, (classifier, source) in classifiers.items():
-        for method in args.method_list:
-            num_masks = args.rise_masks or classifier.family.rise_masks
-            mask_name = f"rise_N{num_masks}_s7_p0.5_seed{args.seed}_{args.crop_size}px.pt"
-            explainer = build_explainer(
-                method,
-                classifier,
-                rise_masks=num_masks,
-                rise_mask_path=os.path.join(_rise_mask_dir(args), mask_name),
-                rise_seed=args.seed,
-                chunk_size=args.chunk_size,
-                batch_size=args.chunk_size,
-            )
-            entries.append(Entry(method, backbone, classifier, explainer, source))
+        entries += baseline_entries(
+            classifier,
+            backbone,
+            source,
+            args.method_list,
+            args.rise_masks or classifier.family.rise_masks,
+            _rise_mask_dir(args),
+            args.crop_size,
+            seed=args.seed,
+            chunk_size=args.chunk_size,
+        )
     return entries
 
 
@@ -360,34 +316,16 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     samples = check_images_exist(samples, args.test_list, skip_missing=args.skip_missing)
     entries = _build_entries(args, device)
     loader = build_eval_loader(samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    device_name = device_description(device)
     print(f"Comparing {len(entries)} methods on {len(samples)} images of {args.test_list} on {device_name}")
     results = []
-    for entry in entries:
-        timed = TimedExplainer(entry.explainer, device)
-        result = evaluate(
-            entry.classifier,
-            timed,
-            loader,
-            percentages,
-            device=device,
-            amp=args.amp,
-            progress=not args.no_progress,
-            description=f"{entry.name} ({entry.family})",
-        )
+    rows = evaluate_entries(
+        entries, loader, percentages, device, together=False, amp=args.amp, progress=not args.no_progress
+    )
+    for entry, result, timed in rows:
         if not results:  # every method reads the same images
             warn_unreadable(result.unreadable)
-        row = {
-            "method": entry.name,
-            "family": entry.family,
-            "source": entry.source,
-            "summary": result.summary,
-            "num_images": result.num_images,
-            "num_unreadable": result.num_unreadable,
-            "explain_images_per_second": timed.images_per_second,
-            "images_per_second": result.images_per_second,
-            "device": device_name,
-        }
+        row = result_row(entry, result, timed, device_name)
         if args.road:
             from utils.evaluation.road import evaluate_road
 
@@ -403,13 +341,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
                     progress=not args.no_progress,
                 )
             )
-        safe_name = f"{entry.family}_{entry.name}".replace(":", "_")  # generic:pkg.module:Net, gradcam-pkg:X
-        write_result(result, os.path.join(args.output_dir, "results", f"{safe_name}.json"), run=row)
-        line = ", ".join(
-            f"AD {entry_['average_drop']:.2f} IC {entry_['increase_in_confidence']:.2f} @ top {kept_label(entry_['percentage'])}"
-            for entry_ in result.summary
-        )
-        print(f"{entry.name} ({entry.family}): {line}; {timed.images_per_second:.2f} explained img/s")
+        write_entry_result(result, entry, args.output_dir, row)
+        print(score_line(entry, result, timed))
         results.append(row)
         markdown, table = _write_summary(results, percentages, args)
     chart = save_bar_chart(results, percentages, os.path.join(args.output_dir, "ad_ic.png"))
