@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from models.generic import GenericLCAM
+from models.generic import GenericLCAM, init_head_from_classifier
 from utils.core.checkpoint import save_checkpoint
 from utils.core.cli import run_cli
 from utils.core.errors import UserError
@@ -286,10 +286,7 @@ def train_head(args, key: str, network: nn.Module, images, labels, device: torch
         backbone=network, num_classes=len(CLASS_NAMES), input_size=args.canvas_size, backbone_mode="frozen", **settings
     ).to(device)
     if args.head_init == "classifier":  # CAM: class k's map is fc.weight[k] . FM(x, y) + fc.bias[k]
-        with torch.no_grad():
-            scale = args.head_init_scale  # min-max normalised maps do not change; the sigmoid's slope does
-            model.attnM.op.weight.copy_(scale * network.fc.weight.view_as(model.attnM.op.weight))
-            model.attnM.op.bias.copy_(scale * network.fc.bias)
+        init_head_from_classifier(model, args.head_init_scale)
     options = TrainOptions(
         device=device,
         disp_interval=10,

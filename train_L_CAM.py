@@ -1,4 +1,4 @@
-"""Train the attention mechanism of an L-CAM variant with the reference recipe.
+"""Train the attention mechanism of an L-CAM variant (the authors' recipe by default; a recipe for small data with --recipe small-data, the default of --arch generic).
 
 One script for the nine variants (``--arch`` names the file in ``models/``), on one device
 or, through ``torchrun``, on several (DistributedDataParallel, only rank 0 writes).
@@ -17,8 +17,10 @@ from collections.abc import Callable
 import torch
 
 from models import ARCH_CHOICES, GENERIC, BackboneFamily, build_model, families, family_of
+from models.generic import init_head_from_classifier
 from utils.core.checkpoint import list_checkpoints
 from utils.core.cli import REPO_ROOT, run_cli
+from utils.core.errors import UserFileNotFoundError, UserValueError
 from utils.core.files import ensure_writable
 from utils.core.runtime import (
     AMP_CHOICES,
@@ -40,11 +42,20 @@ from utils.data.datalists import (
     train_transform,
 )
 from utils.data.device_decode import DecodingLoader, DeviceDecoder, EncodedImageList, collate_encoded
+from utils.evaluation import build_eval_loader
 from utils.training import (
+    BEST_BY,
+    HEAD_INITS,
+    OPTIMIZERS,
+    RECIPES,
+    SCHEDULES,
+    HeldOutCheck,
+    StepSchedule,
     TrainOptions,
     TrainState,
+    adjust_lr,
     archive_previous_run,
-    build_optimizer,
+    build_recipe_optimizer,
     check_no_previous_run,
     fit,
     resume_training,
@@ -135,7 +146,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     recipe.add_argument("--input_size", type=int, default=256, help="Resize: the smaller image edge")
     recipe.add_argument("--crop_size", type=int, default=224, help="RandomCrop size")
     recipe.add_argument(
-        "--lr", type=float, default=1e-4, help="base lr: the head's weights train at 100 x lr, its biases at 200 x lr"
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate; with --optimizer sgd-reference the base lr (the head's weights train at 100 x lr, its "
+        "biases at 200 x lr) [the recipe's: 1e-4 reference, 1e-3 small-data]",
     )
     recipe.add_argument(
         "--epoch",
@@ -170,6 +185,73 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     generic.add_argument("--loss", choices=("lcam", "ce"), default=None, help="L-CAM loss, or CE alone [lcam]")
 
+    small = parser.add_argument_group(
+        "training recipe (docs/small-data.md); each flag left out takes the value of --recipe"
+    )
+    small.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default=None,
+        help="'reference': the authors' recipe, bit for bit; 'small-data': for a few thousand images (head from "
+        "the classifier's last layer, AdamW, cosine lr by steps, warm-up of area and smoothness, own-label maps, "
+        "frozen BatchNorm) [reference for the nine variants, small-data for --arch generic]",
+    )
+    small.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default=None, help="the authors' SGD groups, or AdamW [the recipe's]"
+    )
+    small.add_argument(
+        "--weight_decay", type=float, default=None, help="weight decay (sgd-reference: 5e-4 only) [the recipe's]"
+    )
+    small.add_argument(
+        "--lr_schedule",
+        choices=SCHEDULES,
+        default=None,
+        help="'epoch-decay': lr x 0.75 before each epoch 1..22 (reference); 'cosine-steps': cosine decay to 0 "
+        "over the run's optimiser steps [the recipe's]",
+    )
+    small.add_argument(
+        "--warmup_steps",
+        type=int,
+        default=None,
+        help="the area and smoothness terms rise linearly from 0 over this many steps; 0: off [the recipe's: 0, 100]",
+    )
+    small.add_argument(
+        "--head_init",
+        choices=HEAD_INITS,
+        default=None,
+        help="the AM's initial weights: 'random' (reference), or 'classifier': the classifier's last linear layer, "
+        "for a network ending with global average pooling and one linear layer (the initial maps are its CAM) "
+        "[the recipe's; small-data falls back to random, with a warning, on other networks]",
+    )
+    small.add_argument(
+        "--head_init_scale",
+        type=float,
+        default=None,
+        help="factor on the weights copied by --head_init classifier (< 1 keeps the sigmoid out of saturation) "
+        "[the recipe's: 1, 0.1]",
+    )
+
+    held_out = parser.add_argument_group("held-out check after each epoch (off without --val_list)")
+    held_out.add_argument(
+        "--val_list",
+        default=None,
+        help="held-out datalist (or class folder): each epoch reports the masked-image accuracy, AD/IC at 100 %% and "
+        "the loss terms on it, keeps lcam_best.pth.tar and draws train_curves.png in --snapshot_dir",
+    )
+    held_out.add_argument("--val_img_dir", default=None, help="folder the --val_list paths are relative to [--img_dir]")
+    held_out.add_argument(
+        "--best_by",
+        choices=tuple(BEST_BY),
+        default="masked_accuracy",
+        help="criterion of lcam_best.pth.tar: held-out masked-image accuracy, AD (lowest), IC or loss (lowest)",
+    )
+    held_out.add_argument(
+        "--plateau_epochs",
+        type=int,
+        default=3,
+        help="warn once when the held-out masked-image accuracy has not improved for this many epochs (0: never)",
+    )
+
     extra = parser.add_argument_group("project flags")
     extra.add_argument(
         "--backbone_weights",
@@ -180,16 +262,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     extra.add_argument(
         "--backbone_mode",
         choices=("reference", "frozen"),
-        default="reference",
+        default=None,
         help="'reference': the whole model in train mode (dropout on, BatchNorm statistics drift); "
-        "'frozen': BatchNorm and Dropout of the classifier stay in eval mode",
+        "'frozen': BatchNorm and Dropout of the classifier stay in eval mode [the recipe's: reference, frozen]",
     )
     extra.add_argument(
         "--mask_loss_maps",
         choices=("batch", "own"),
-        default="batch",
+        default=None,
         help="maps in the area/smoothness terms: 'batch' = every label of the batch (reference code), "
-        "'own' = each image's own label (paper)",
+        "'own' = each image's own label (paper) [the recipe's: batch, own]",
     )
     extra.add_argument(
         "--normalize_first_pass",
@@ -249,10 +331,12 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the defaults that depend on ``--root_dir`` and ``--arch``; check values."""
     if args.arch != GENERIC and _generic_flags(args):
         given = ", ".join(f"--{name}" for name in _generic_flags(args))
-        raise ValueError(f"{given} only apply to --arch {GENERIC}; {args.arch} fixes its backbone, layer and method")
+        raise UserValueError(
+            f"{given} only apply to --arch {GENERIC}; {args.arch} fixes its backbone, layer and method"
+        )
     family = family_of(args.arch)
     if family.train_list is None and args.train_list is None:
-        raise ValueError(f"--arch {args.arch} needs --train_list (a datalist or a folder of class subfolders)")
+        raise UserValueError(f"--arch {args.arch} needs --train_list (a datalist or a folder of class subfolders)")
     datalists = os.path.join(args.root_dir, "datalist", "ILSVRC")
     if args.img_dir is None:
         args.img_dir = os.path.join(args.root_dir, "dataset", "ILSVRC2012_img_train")
@@ -264,20 +348,35 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.snapshot_dir = os.path.join(args.root_dir, "snapshots", args.arch)
     if args.epoch is None:
         args.epoch = family.epochs
+    if args.recipe is None:
+        args.recipe = "small-data" if args.arch == GENERIC else "reference"
+    # a flag given wins over the recipe; the recipe's head_init may fall back (see _init_head)
+    args.recipe_head_init = args.head_init is None
+    for name, value in RECIPES[args.recipe].as_dict().items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.optimizer == "sgd-reference" and args.weight_decay != RECIPES["reference"].weight_decay:
+        raise ValueError(f"'--weight_decay' {args.weight_decay} needs '--optimizer adamw' (sgd-reference has 5e-4)")
+    if args.lr <= 0 or args.head_init_scale <= 0:
+        raise ValueError(f"'--lr' and '--head_init_scale' must be positive, got {args.lr} and {args.head_init_scale}")
+    if args.weight_decay < 0:
+        raise ValueError(f"'--weight_decay' must be >= 0, got {args.weight_decay}")
+    if args.val_img_dir is None:
+        args.val_img_dir = args.img_dir
     for flag in ("batch_size", "input_size", "crop_size", "epoch", "disp_interval", "num_classes"):
         if getattr(args, flag) < 1:
-            raise ValueError(f"'--{flag}' must be >= 1, got {getattr(args, flag)}")
-    for flag in ("save_every", "stop_after_step", "global_counter", "current_epoch"):
+            raise UserValueError(f"'--{flag}' must be >= 1, got {getattr(args, flag)}")
+    for flag in ("save_every", "stop_after_step", "global_counter", "current_epoch", "warmup_steps", "plateau_epochs"):
         if getattr(args, flag) < 0:
-            raise ValueError(f"'--{flag}' must be >= 0, got {getattr(args, flag)}")
+            raise UserValueError(f"'--{flag}' must be >= 0, got {getattr(args, flag)}")
     if args.crop_size > args.input_size:
-        raise ValueError(f"'--crop_size' {args.crop_size} is larger than '--input_size' {args.input_size}")
+        raise UserValueError(f"'--crop_size' {args.crop_size} is larger than '--input_size' {args.input_size}")
     if args.restore_from and args.resume == "False":
-        raise ValueError("'--restore_from' given with '--resume False': drop one of them")
+        raise UserValueError("'--restore_from' given with '--resume False': drop one of them")
     if args.archive_old and args.resume == "True":
-        raise ValueError("'--archive_old' applies to a fresh start: add '--resume False', or drop '--archive_old'")
+        raise UserValueError("'--archive_old' applies to a fresh start: add '--resume False', or drop '--archive_old'")
     if args.num_workers is not None and args.num_workers < 0:
-        raise ValueError(f"'--num_workers' must be >= 0, got {args.num_workers}")
+        raise UserValueError(f"'--num_workers' must be >= 0, got {args.num_workers}")
     return args
 
 
@@ -304,6 +403,10 @@ def main(args: argparse.Namespace) -> list[dict]:
         check_no_previous_run(args.snapshot_dir, fresh_start=args.resume == "False", archive_old=args.archive_old)
     samples = samples_from(args.train_list, args.img_dir, args.num_classes)
     samples = check_images_exist(samples, args.train_list, skip_missing=args.skip_missing)
+    val_samples = None
+    if args.val_list is not None:
+        val_samples = samples_from(args.val_list, args.val_img_dir, args.num_classes)
+        val_samples = check_images_exist(val_samples, args.val_list, skip_missing=args.skip_missing)
     ensure_writable(args.snapshot_dir, "--snapshot_dir", is_folder=True)
 
     seed_everything(args.seed)  # every process builds the same model
@@ -314,9 +417,11 @@ def main(args: argparse.Namespace) -> list[dict]:
         settings.update(_generic_flags(args), input_size=args.crop_size)
     pretrained = False if args.backbone_weights.lower() == "none" else args.backbone_weights
     model = build_model(args.arch, pretrained, args.num_classes, args.backbone_mode, **settings).to(device)
+    _init_head(model, args, dist.is_main)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, args.lr, fused=device.type == "cuda")
+    weight_decay = None if args.optimizer == "sgd-reference" else args.weight_decay
+    optimizer = build_recipe_optimizer(model, args.optimizer, args.lr, weight_decay, fused=device.type == "cuda")
     scaler = grad_scaler(device, args.amp)
     seed_everything(args.seed + dist.rank)  # dropout differs between processes
 
@@ -356,12 +461,46 @@ def main(args: argparse.Namespace) -> list[dict]:
         stop_after_step=args.stop_after_step,
         args=vars(args),
         progress=not args.no_progress,
+        warmup_steps=args.warmup_steps,
+        step_schedule=StepSchedule(args.epoch * len(loader)) if args.lr_schedule == "cosine-steps" else None,
+        validate=_held_out_check(val_samples, args, device),
+        best_by=args.best_by,
+        plateau_epochs=args.plateau_epochs,
     )
+    lr_schedule = adjust_lr if args.lr_schedule == "epoch-decay" else _no_epoch_schedule
     try:
-        return fit(model, loader, optimizer, args.epoch, options, state, scaler, forward_model, dist)
+        return fit(model, loader, optimizer, args.epoch, options, state, scaler, forward_model, dist, lr_schedule)
     finally:
         if dist.enabled:
             torch.distributed.destroy_process_group()
+
+
+def _no_epoch_schedule(optimizer: torch.optim.Optimizer, epoch: int) -> None:
+    """The lr is set per step (--lr_schedule cosine-steps), not per epoch."""
+
+
+def _init_head(model: torch.nn.Module, args: argparse.Namespace, is_main: bool) -> None:
+    """--head_init classifier: the AM from the classifier's last linear layer. When it came
+    from the recipe and the network does not end so, warn and keep the random head."""
+    if args.head_init != "classifier":
+        return
+    try:
+        init_head_from_classifier(model, args.head_init_scale)
+    except ValueError as error:
+        if not args.recipe_head_init:
+            raise
+        args.head_init = "random"
+        if is_main:
+            warnings.warn(f"{error}; the head starts from random weights", stacklevel=1)
+
+
+def _held_out_check(samples, args: argparse.Namespace, device: torch.device) -> HeldOutCheck | None:
+    """The held-out check of --val_list (None without one): the evaluation transform at the
+    training sizes, in datalist order."""
+    if samples is None:
+        return None
+    loader = build_eval_loader(samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device)
+    return HeldOutCheck(loader, device, args.amp)
 
 
 def _build_train_loader(samples, args: argparse.Namespace, device: torch.device, dist):
@@ -386,7 +525,7 @@ def _checkpoint_to_resume(args: argparse.Namespace) -> str | None:
         return None
     if args.restore_from:
         if not os.path.isfile(args.restore_from):
-            raise FileNotFoundError(f"'--restore_from' checkpoint not found: {args.restore_from!r}")
+            raise UserFileNotFoundError(f"'--restore_from' checkpoint not found: {args.restore_from!r}")
         return args.restore_from
     if os.path.isdir(args.snapshot_dir) and list_checkpoints(args.snapshot_dir, mid_epoch=True):
         return args.snapshot_dir

@@ -62,14 +62,16 @@ from torch import fx, nn
 from models.backbones import load_torchvision_classifier, read_state_dict
 from models.families import BackboneFamily, register_family
 from models.lcam import LCAM, variant
-from utils.core.errors import UserFileNotFoundError, UserValueError, closest_names, state_dict_mismatch
+from utils.core.errors import UserFileNotFoundError, UserTypeError, UserValueError, closest_names, state_dict_mismatch
 
 __all__ = [
     "AS_BUILT",
     "GENERIC_ARCH",
     "GENERIC_FAMILY",
     "GenericLCAM",
+    "classifier_head",
     "find_feature_layer",
+    "init_head_from_classifier",
     "load_network",
     "model",
     "torchvision_classifiers",
@@ -132,7 +134,7 @@ def load_network(backbone: str | nn.Module, pretrained=False, num_classes: int |
     if isinstance(backbone, nn.Module):
         return backbone, _load_custom_weights(backbone, pretrained, "the given module")
     if not isinstance(backbone, str):
-        raise TypeError(
+        raise UserTypeError(
             f"'backbone' must be a model name, 'package.module:callable' or an nn.Module, got {type(backbone).__name__}"
         )
     if ":" in backbone:
@@ -151,25 +153,25 @@ def load_network(backbone: str | nn.Module, pretrained=False, num_classes: int |
 
 def _build_custom(spec: str, num_classes: int | None) -> nn.Module:
     if not _CUSTOM_PATTERN.match(spec):
-        raise ValueError(f"custom backbone {spec!r} must look like 'package.module:callable'")
+        raise UserValueError(f"custom backbone {spec!r} must look like 'package.module:callable'")
     module_name, attribute_path = spec.split(":")
     try:
         target = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"custom backbone {spec!r}: cannot import module {module_name!r} ({error})") from error
+        raise UserValueError(f"custom backbone {spec!r}: cannot import module {module_name!r} ({error})") from error
     for attribute in attribute_path.split("."):
         if not hasattr(target, attribute):
-            raise ValueError(f"custom backbone {spec!r}: {module_name!r} has no attribute {attribute_path!r}")
+            raise UserValueError(f"custom backbone {spec!r}: {module_name!r} has no attribute {attribute_path!r}")
         target = getattr(target, attribute)
     if not callable(target):
-        raise TypeError(f"custom backbone {spec!r} is not callable")
+        raise UserTypeError(f"custom backbone {spec!r} is not callable")
     try:
         accepts_num_classes = "num_classes" in inspect.signature(target).parameters
     except (TypeError, ValueError):
         accepts_num_classes = False
     network = target(num_classes=num_classes) if accepts_num_classes and num_classes is not None else target()
     if not isinstance(network, nn.Module):
-        raise TypeError(f"custom backbone {spec!r} returned a {type(network).__name__}, expected an nn.Module")
+        raise UserTypeError(f"custom backbone {spec!r} returned a {type(network).__name__}, expected an nn.Module")
     return network
 
 
@@ -196,7 +198,9 @@ def find_feature_layer(network: nn.Module) -> str:
     """
     convolutions = [name for name, module in network.named_modules() if isinstance(module, nn.modules.conv._ConvNd)]
     if not convolutions:
-        raise ValueError(f"{type(network).__name__} has no convolution; pass the feature layer explicitly ('layer')")
+        raise UserValueError(
+            f"{type(network).__name__} has no convolution; pass the feature layer explicitly ('layer')"
+        )
     return convolutions[-1].split(".")[0]
 
 
@@ -217,20 +221,20 @@ def _split_graph(network: nn.Module, layer: str, extend: bool) -> tuple[fx.Graph
         network.get_submodule(layer)
     except AttributeError as error:
         children = ", ".join(name for name, _ in network.named_children())
-        raise ValueError(
+        raise UserValueError(
             f"'layer' {layer!r} is not a module of {type(network).__name__} (top-level: {children})"
         ) from error
     try:
         graph = _SplitTracer(layer).trace(network)
     except Exception as error:  # fx raises many types; all mean "not traceable"
-        raise ValueError(
+        raise UserValueError(
             f"cannot trace {type(network).__name__}.forward with torch.fx to split it at {layer!r} "
             f"({error.__class__.__name__}: {error}); make its forward traceable or give the model "
             "feature_maps() and classify_feature_maps() methods"
         ) from error
     calls = [node for node in graph.nodes if node.op == "call_module" and node.target == layer]
     if len(calls) != 1:
-        raise ValueError(
+        raise UserValueError(
             f"'layer' {layer!r} is called {len(calls)} times in the forward pass; L-CAM needs a module called once"
         )
     cut = calls[0]
@@ -254,7 +258,7 @@ def _split_graph(network: nn.Module, layer: str, extend: bool) -> tuple[fx.Graph
         if value.op == "get_attr":
             suffix_env[value] = suffix.node_copy(value, _lookup)
             return suffix_env[value]
-        raise ValueError(
+        raise UserValueError(
             f"the network after {layer!r} also uses {value.name!r}, computed before it (a connection across "
             "the split); choose a layer whose output is all the rest of the network reads"
         )
@@ -321,7 +325,7 @@ class GenericLCAM(LCAM):
             getattr(network, "classify_feature_maps", None)
         )
         if own_methods and layer is not None:
-            raise ValueError(
+            raise UserValueError(
                 f"'layer' {layer!r} given, but the network splits itself (feature_maps/classify_feature_maps)"
             )
         if own_methods:
@@ -374,7 +378,7 @@ class GenericLCAM(LCAM):
         network, weights_name = cls.load_network(pretrained, num_classes, backbone)
         lcam = cls(network, layer=layer, input_size=input_size, **settings)
         if num_classes is not None and lcam.num_classes != num_classes:
-            raise ValueError(
+            raise UserValueError(
                 f"backbone {backbone if isinstance(backbone, str) else type(backbone).__name__!r} outputs "
                 f"{lcam.num_classes} classes, but num_classes={num_classes}"
             )
@@ -420,7 +424,7 @@ class GenericLCAM(LCAM):
 def _probe(network: nn.Module, prefix, suffix, input_size: int, layer: str) -> tuple[int, int]:
     """Run the split on one random image; check it and return (FM channels, classes)."""
     if not isinstance(input_size, int) or input_size < 8:
-        raise ValueError(f"'input_size' must be an integer >= 8, got {input_size!r}")
+        raise UserValueError(f"'input_size' must be an integer >= 8, got {input_size!r}")
     modes = {module: module.training for module in network.modules()}
     network.eval()
     try:
@@ -439,7 +443,7 @@ def _probe(network: nn.Module, prefix, suffix, input_size: int, layer: str) -> t
     except ValueError:
         raise
     except Exception as error:
-        raise ValueError(
+        raise UserValueError(
             f"{type(network).__name__} failed on a {input_size} x {input_size} probe image "
             f"({error.__class__.__name__}: {error}); pass an 'input_size' it accepts"
         ) from error
@@ -447,17 +451,85 @@ def _probe(network: nn.Module, prefix, suffix, input_size: int, layer: str) -> t
         for module, mode in modes.items():
             module.train(mode)
     if not torch.is_tensor(expected) or expected.dim() != 2:
-        raise ValueError(f"{type(network).__name__} must return N x K logits, got {_describe(expected)}")
+        raise UserValueError(f"{type(network).__name__} must return N x K logits, got {_describe(expected)}")
     if not torch.is_tensor(feature_maps) or feature_maps.dim() != 4:
-        raise ValueError(
+        raise UserValueError(
             f"the output of 'layer' {layer!r} must be N x C x h x w feature maps, got {_describe(feature_maps)}"
         )
     if logits.shape != expected.shape or not torch.allclose(logits, expected, rtol=1e-4, atol=1e-5):
-        raise ValueError(
+        raise UserValueError(
             f"split at {layer!r}, the two parts do not reproduce {type(network).__name__}'s output; "
             "its forward may depend on values the trace cannot see"
         )
     return feature_maps.size(1), expected.size(1)
+
+
+def classifier_head(model: LCAM) -> nn.Linear | None:
+    """The classifier's last linear layer when the network ends with global average pooling
+    and that one layer (``logits = fc(mean_xy(FM))``), else None.
+
+    Checked by value, not by name: on random non-negative feature maps of the AM's input
+    shape, ``model.classify_feature_maps`` must equal the layer applied to their spatial
+    mean (any ``nn.Linear`` of the network with C inputs and K outputs is tried).
+    """
+    candidates = [
+        module
+        for module in model.modules()
+        if isinstance(module, nn.Linear)
+        and module.in_features == model.attnM.op.in_channels
+        and module.out_features == model.attnM.op.out_channels
+    ]
+    if not candidates:
+        return None
+    weight = model.attnM.op.weight
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.rand(2, weight.size(1), 3, 5, generator=generator).to(device=weight.device, dtype=weight.dtype)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model.classify_feature_maps(probe)
+            for layer in candidates:
+                expected = layer(probe.mean(dim=(2, 3)))
+                if logits.shape == expected.shape and torch.allclose(logits, expected, rtol=1e-4, atol=1e-5):
+                    return layer
+    finally:
+        for module, mode in modes.items():
+            module.train(mode)
+    return None
+
+
+def init_head_from_classifier(model: LCAM, scale: float = 1.0) -> nn.Linear:
+    """Start the AM from the classifier's last linear layer (``scale`` x its weights and bias).
+
+    For a network ending with global average pooling and one linear layer ``fc``, the AM's
+    1x1 convolution then computes ``fc.weight[k] . FM(x, y) + fc.bias[k]`` at every position:
+    the class activation map of Zhou et al. (CVPR 2016), whose spatial mean is the
+    classifier's logit. ``scale`` < 1 leaves the min-max normalised maps unchanged but keeps
+    the sigmoid of the training masks out of saturation.
+
+    Returns:
+        The linear layer copied.
+
+    Raises:
+        ValueError: ``scale`` is not positive, or the network does not end with global
+            pooling and one linear layer (see :func:`classifier_head`).
+    """
+    if not scale > 0:
+        raise UserValueError(f"'scale' must be positive, got {scale!r}")
+    layer = classifier_head(model)
+    if layer is None:
+        raise UserValueError(
+            f"{getattr(model, 'backbone_label', type(model).__name__)} does not end with global average pooling "
+            "and one linear layer, so its head cannot start from the classifier: use head_init 'random'"
+        )
+    with torch.no_grad():
+        model.attnM.op.weight.copy_(scale * layer.weight.view_as(model.attnM.op.weight))
+        if layer.bias is not None:
+            model.attnM.op.bias.copy_(scale * layer.bias)
+        else:
+            model.attnM.op.bias.zero_()
+    return layer
 
 
 def _describe(value) -> str:

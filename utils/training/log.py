@@ -87,9 +87,12 @@ class RunLog:
         missing or duplicated row."""
         with atomic_open(self.csv_path, newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(self.columns)
+            # the held-out scores of a run with a validation list, after the reference's columns
+            held_out = sorted({key for entry in self.log["epochs"] for key in entry if key.startswith("val_")})
+            columns = (*self.columns, *held_out)
+            writer.writerow(columns)
             for entry in self.log["epochs"]:
-                writer.writerow([_csv_value(column, entry) for column in self.columns])
+                writer.writerow([_csv_value(column, entry) for column in columns])
 
 
 def _csv_value(column: str, entry: dict[str, Any]) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,17 +16,26 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.core.checkpoint import _unwrap
+from utils.core.errors import UserError, UserValueError
 from utils.core.runtime import DistributedContext
 from utils.data.datalists import Batch, describe_unreadable
 from utils.training.checkpointing import SINGLE_PROCESS, CheckpointWriter, TrainState, gather_objects
 from utils.training.log import RunLog, report_epoch
 from utils.training.optim import adjust_lr, trainable_lrs
+from utils.training.recipe import regularizer_weight
 from utils.training.step import OptimizerStep
+from utils.training.validation import (
+    CURVES_NAME,
+    BestTracker,
+    keep_best,
+    report_validation,
+    save_training_curves,
+)
 
 __all__ = ["EpochMeter", "EpochProgress", "NonFiniteLossError", "TrainOptions", "fit", "train_one_epoch"]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss became NaN or infinite; training stopped before saving anything from that step on."""
 
 
@@ -44,6 +55,17 @@ class TrainOptions:
             (no extra checkpoint); 0: off. A testing aid for resume.
         args: the run's arguments (plain data), stored in checkpoints and the JSON log.
         progress: show a tqdm bar on the main process.
+        warmup_steps: the area and smoothness terms rise linearly over the first this many
+            global steps (:func:`utils.training.recipe.regularizer_weight`); 0: full weight.
+        step_schedule: called as ``step_schedule(optimizer, global_step)`` before every step
+            (e.g. :class:`utils.training.recipe.StepSchedule`); None: none.
+        validate: called with the model after each epoch on the main process, returns
+            ``val_*`` scores added to the epoch's summary (e.g.
+            :class:`utils.training.validation.HeldOutCheck`); None: no held-out check.
+        best_by: the criterion of the best checkpoint (a key of
+            :data:`utils.training.validation.BEST_BY`), used with ``validate``.
+        plateau_epochs: epochs without a better held-out masked-image accuracy before one
+            warning line (0: never).
     """
 
     device: torch.device
@@ -56,6 +78,11 @@ class TrainOptions:
     stop_after_step: int = 0
     args: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    warmup_steps: int = 0
+    step_schedule: Callable[[torch.optim.Optimizer, int], None] | None = None
+    validate: Callable[[nn.Module], dict[str, float]] | None = None
+    best_by: str = "masked_accuracy"
+    plateau_epochs: int = 3
 
 
 class EpochMeter:
@@ -285,7 +312,9 @@ def train_one_epoch(
             labels = labels.to(options.device, non_blocking=True)
             if options.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            out, terms = step(images, labels)
+            if options.step_schedule is not None:
+                options.step_schedule(optimizer, progress.global_counter)
+            out, terms = step(images, labels, regularizer_weight(progress.global_counter, options.warmup_steps))
             progress.global_counter += 1
             progress.meter.update(terms, out.logits if hasattr(out, "logits") else out, labels)
             bar.count(labels.numel())
@@ -313,7 +342,7 @@ def _check_finite(meter: EpochMeter, dist: DistributedContext, epoch: int) -> No
 def _set_epoch(loader: Any, epoch: int, start_samples: int) -> None:
     sampler = getattr(loader, "sampler", None)
     if start_samples and not hasattr(sampler, "start"):
-        raise ValueError("resuming mid-epoch needs a loader with a utils.data.ResumableSampler")
+        raise UserValueError("resuming mid-epoch needs a loader with a utils.data.ResumableSampler")
     if hasattr(sampler, "start"):
         sampler.set_epoch(epoch, start_samples)
     elif hasattr(sampler, "set_epoch"):
@@ -360,6 +389,17 @@ def _epoch_summary(
     summary["images_per_s"] = round(progress.meter.images_this_run() / max(seconds, 1e-9), 2)
     summary["unreadable"] = describe_unreadable(samples, failed) if samples is not None else failed
     return summary
+
+
+def _report_held_out(summary: dict[str, Any], tracker: BestTracker, snapshot_dir: str | None) -> None:
+    """Print the held-out scores, keep the best checkpoint, warn once about a plateau."""
+    is_best = tracker.update(summary)
+    if is_best and snapshot_dir and summary.get("checkpoint"):
+        keep_best(summary["checkpoint"], snapshot_dir)
+    report_validation(summary, is_best)
+    message = tracker.plateau_message()
+    if message:
+        print(message, file=sys.stderr, flush=True)
 
 
 def _stopped(global_counter: int, dist: DistributedContext) -> None:
@@ -410,6 +450,8 @@ def fit(
     )
     if state.resumed_mid_epoch_from:
         writer.supersede(state.resumed_mid_epoch_from)
+    earlier = [entry for entry in log.log["epochs"] if entry["epoch"] < state.epoch] if log and log.enabled else []
+    tracker = BestTracker(options.best_by, options.plateau_epochs, earlier) if options.validate else None
     summaries = []
     while state.epoch < epochs:
         epoch = state.epoch
@@ -443,11 +485,17 @@ def fit(
             _stopped(progress.global_counter, dist)
             return summaries
         summary = _epoch_summary(epoch, progress, optimizer, time.perf_counter() - started, samples, dist)
+        if options.validate is not None and dist.is_main:
+            summary.update(options.validate(model))
         summary["checkpoint"] = writer.save_epoch_end(epoch, progress.global_counter, progress.batches_done, summary)
         if dist.is_main:
             report_epoch(summary, epochs)
+            if tracker is not None:
+                _report_held_out(summary, tracker, options.snapshot_dir)
             if log is not None:
                 log.add_epoch(summary)
+                if tracker is not None:
+                    save_training_curves(log.log["epochs"], os.path.join(options.snapshot_dir, CURVES_NAME))
         summaries.append(summary)
         state = TrainState(epoch=epoch + 1, global_counter=progress.global_counter)
         if progress.stopped:

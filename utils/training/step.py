@@ -61,11 +61,15 @@ class OptimizerStep:
         self.amp = amp
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, regularizer_weight: float = 1.0) -> StepOutput:
+        """One step; ``regularizer_weight`` < 1 scales the area and smoothness terms of an
+        L-CAM loss in the total minimised (a warm-up; the terms are reported unscaled)."""
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(images.device, self.amp):
             out = self.forward(images, labels)
             terms = loss_terms(self.loss(out, labels))
+            if regularizer_weight != 1.0 and "area" in terms:
+                terms["loss"] = terms["ce"] + regularizer_weight * (terms["area"] + terms["smoothness"])
         total = terms["loss"]
         if self.scaler is not None:
             self.scaler.scale(total).backward()

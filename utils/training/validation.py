@@ -1,0 +1,202 @@
+"""Whether training learns: each epoch scored on held-out images, the best checkpoint kept, a
+plateau of the masked-image accuracy flagged, the curves drawn to a PNG."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import nn
+
+from utils.core.checkpoint import _unwrap
+from utils.evaluation.protocol import evaluate
+from utils.explainers.lcam import LCAMExplainer, lcam_classifier
+
+__all__ = [
+    "BEST_BY",
+    "BEST_NAME",
+    "CURVES_NAME",
+    "SMALL_DATA_DOC",
+    "BestTracker",
+    "HeldOutCheck",
+    "keep_best",
+    "report_validation",
+    "save_training_curves",
+]
+
+BEST_NAME = "lcam_best.pth.tar"
+CURVES_NAME = "train_curves.png"
+SMALL_DATA_DOC = "docs/small-data.md"
+# criterion -> (summary key, True when higher is better)
+BEST_BY = {
+    "masked_accuracy": ("val_masked_accuracy", True),
+    "ad": ("val_ad", False),
+    "ic": ("val_ic", True),
+    "loss": ("val_loss", False),
+}
+
+
+class HeldOutCheck:
+    """Score an L-CAM model on held-out images (call it with the model after an epoch).
+
+    Returns ``val_masked_accuracy`` (percent of images whose masked pass, masked by the
+    sigmoid of the map of their label as in training, still predicts that label),
+    ``val_loss``/``val_ce``/``val_area``/``val_smoothness`` (the training objective, averaged
+    per image) and ``val_ad``/``val_ic``, Average Drop and Increase in Confidence with 100 %
+    of the map kept (:func:`utils.evaluation.evaluate` with an
+    :class:`utils.explainers.LCAMExplainer`). The model's train/eval modes are restored.
+
+    Args:
+        loader: yields :class:`utils.data.Batch` or ``(images, labels)``, images in [0, 1].
+        device: where the computation runs.
+        amp: autocast of the evaluation (see :func:`utils.evaluation.evaluate`).
+    """
+
+    def __init__(self, loader: Iterable, device: torch.device | str, amp: str = "none") -> None:
+        self.loader = loader
+        self.device = torch.device(device)
+        self.amp = amp
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        raw = _unwrap(model)
+        modes = {module: module.training for module in raw.modules()}
+        raw.eval()
+        try:
+            scores = self._objective(raw)
+            result = evaluate(
+                lcam_classifier(raw), LCAMExplainer(raw), self.loader, (0.0,), self.device, self.amp, progress=False
+            )
+        finally:
+            for module, mode in modes.items():
+                module.train(mode)
+        entry = result.summary[0]
+        scores["val_ad"] = float(entry["average_drop"])
+        scores["val_ic"] = float(entry["increase_in_confidence"])
+        return scores
+
+    def _objective(self, model: nn.Module) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        hits = count = 0
+        with torch.no_grad():
+            for batch in self.loader:
+                images, labels = (batch.images, batch.labels) if hasattr(batch, "images") else batch[:2]
+                if images is None or len(labels) == 0:
+                    continue
+                images, labels = images.to(self.device), torch.as_tensor(labels).to(self.device)
+                out = model(images, labels)
+                terms = model.loss(out, labels)
+                terms = {"loss": terms, "ce": terms} if torch.is_tensor(terms) else terms._asdict()
+                terms["loss"] = terms.pop("total", terms.get("loss"))
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + float(value) * len(labels)
+                hits += int((out.logits.argmax(dim=1) == labels).sum())
+                count += len(labels)
+        if count == 0:
+            raise ValueError("the held-out loader gave no readable image")
+        scores = {f"val_{name}": value / count for name, value in sums.items()}
+        scores["val_masked_accuracy"] = 100.0 * hits / count
+        return scores
+
+
+class BestTracker:
+    """The best epoch by one criterion of :data:`BEST_BY`, and the masked-accuracy plateau.
+
+    Args:
+        best_by: a key of :data:`BEST_BY`.
+        plateau_epochs: epochs without a better masked-image accuracy before the warning
+            (0: never warn).
+        earlier: the summaries of epochs already trained (a resumed run), oldest first.
+    """
+
+    def __init__(self, best_by: str, plateau_epochs: int = 3, earlier: Sequence[dict[str, Any]] = ()) -> None:
+        if best_by not in BEST_BY:
+            raise ValueError(f"'best_by' must be one of {', '.join(BEST_BY)}, got {best_by!r}")
+        if plateau_epochs < 0:
+            raise ValueError(f"'plateau_epochs' must be >= 0, got {plateau_epochs!r}")
+        self.key, self.higher_is_better = BEST_BY[best_by]
+        self.plateau_epochs = plateau_epochs
+        self.best: float | None = None
+        self.best_accuracy: float | None = None
+        self.since_better = 0
+        self.warned = False
+        for summary in earlier:
+            self.update(summary)
+        self.warned = self.since_better >= plateau_epochs > 0
+
+    def update(self, summary: dict[str, Any]) -> bool:
+        """Take an epoch's summary; True when it is the best so far by the criterion."""
+        accuracy = summary.get("val_masked_accuracy")
+        if accuracy is not None:
+            if self.best_accuracy is None or accuracy > self.best_accuracy:
+                self.best_accuracy, self.since_better = accuracy, 0
+            else:
+                self.since_better += 1
+        value = summary.get(self.key)
+        if value is None or not math.isfinite(value):
+            return False
+        better = self.best is None or (value > self.best if self.higher_is_better else value < self.best)
+        if better:
+            self.best = value
+        return better
+
+    def plateau_message(self) -> str | None:
+        """One line, the first time the masked-image accuracy has not improved for
+        ``plateau_epochs`` epochs; None otherwise."""
+        if self.warned or not self.plateau_epochs or self.since_better < self.plateau_epochs:
+            return None
+        self.warned = True
+        return (
+            f"warning: the held-out masked-image accuracy has not improved for {self.since_better} epochs "
+            f"(best {self.best_accuracy:.1f} %): the head may not be learning; see {SMALL_DATA_DOC}"
+        )
+
+
+def keep_best(checkpoint: str, snapshot_dir: str) -> str:
+    """Copy ``checkpoint`` to ``snapshot_dir/lcam_best.pth.tar`` (atomically); returns its path."""
+    target = os.path.join(snapshot_dir, BEST_NAME)
+    temporary = target + ".tmp"
+    shutil.copyfile(checkpoint, temporary)
+    os.replace(temporary, target)
+    return target
+
+
+def report_validation(summary: dict[str, Any], is_best: bool) -> None:
+    """Print an epoch's held-out scores in one line."""
+    names = ("val_masked_accuracy", "val_ad", "val_ic", "val_loss", "val_ce", "val_area", "val_smoothness")
+    parts = [f"{name[4:]} {summary[name]:.3f}" for name in names if name in summary]
+    print(f"  held-out: {'  '.join(parts)}" + ("  (best so far)" if is_best else ""), file=sys.stdout, flush=True)
+
+
+def save_training_curves(epochs: Sequence[dict[str, Any]], path: str | os.PathLike) -> str:
+    """Draw the loss terms (training and held-out), the masked-image accuracy and AD/IC per
+    epoch, one panel each, to a PNG. Returns the path."""
+    numbers = [entry["epoch"] + 1 for entry in epochs]
+    panels = [
+        ("loss terms", ("loss", "ce", "area", "smoothness", "val_loss", "val_ce", "val_area", "val_smoothness")),
+        ("masked-image accuracy (%)", ("pred@1", "val_masked_accuracy")),
+        ("AD / IC at 100 % (%)", ("val_ad", "val_ic")),
+    ]
+    figure = Figure(figsize=(15.0, 4.0), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axis, (title, keys) in zip(axes, panels):
+        for key in keys:
+            values = [entry.get(key, math.nan) for entry in epochs]
+            if any(isinstance(value, (int, float)) and math.isfinite(value) for value in values):
+                label = key.replace("pred@1", "train masked acc").replace("val_", "held-out ")
+                axis.plot(numbers, values, marker="o", linestyle="--" if key.startswith("val_") else "-", label=label)
+        axis.set_xlabel("epoch")
+        axis.set_title(title, fontsize=10)
+        if axis.lines:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = os.fspath(path)
+    figure.savefig(path)
+    return path
