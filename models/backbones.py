@@ -174,7 +174,7 @@ class VGG16LCAM(TorchvisionLCAM):
 
     def __init__(self, vgg: torchvision.models.VGG, feature_end: int = VGG16_CONV5_3, **settings) -> None:
         if feature_end not in (VGG16_CONV5_3, VGG16_POOL5):
-            raise ValueError(f"'feature_end' must be {VGG16_CONV5_3} or {VGG16_POOL5}, got {feature_end!r}")
+            raise UserValueError(f"'feature_end' must be {VGG16_CONV5_3} or {VGG16_POOL5}, got {feature_end!r}")
         super().__init__(in_channels=512, num_classes=vgg.classifier[-1].out_features, **settings)
         self.add_backbone_modules(
             features=vgg.features[:feature_end],

@@ -98,7 +98,7 @@ def find_submodule(root: nn.Module, path: str) -> nn.Module | None:
     for part in path.split("."):
         match = _PATH_PART.match(part)
         if match is None:
-            raise ValueError(f"module path {path!r}: {part!r} is not 'name' or 'name[index]'")
+            raise UserValueError(f"module path {path!r}: {part!r} is not 'name' or 'name[index]'")
         module = getattr(module, match["name"], None)
         if match["index"] is not None:
             if not isinstance(module, (nn.Sequential, nn.ModuleList)):
@@ -122,7 +122,7 @@ def register_family(family: BackboneFamily) -> BackboneFamily:
         ValueError: a family of that name is already registered.
     """
     if family.name in _FAMILIES:
-        raise ValueError(f"a backbone family named {family.name!r} is already registered")
+        raise UserValueError(f"a backbone family named {family.name!r} is already registered")
     _FAMILIES[family.name] = family
     family.lcam_class.family = family
     return family

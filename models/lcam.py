@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.families import IMAGENET_MEAN, IMAGENET_STD, BackboneFamily, rgb_triple
+from utils.core.errors import UserValueError
 
 __all__ = [
     "APPLY_TO",
@@ -125,7 +126,7 @@ def select_loss_maps(cams: torch.Tensor, labels: torch.Tensor, mask_loss_maps: s
         return torch.sigmoid(cams[:, labels].float())
     if mask_loss_maps == "own":
         return torch.sigmoid(_own_maps(cams, labels).float())
-    raise ValueError(f"'mask_loss_maps' must be one of {MASK_LOSS_MAPS}, got {mask_loss_maps!r}")
+    raise UserValueError(f"'mask_loss_maps' must be one of {MASK_LOSS_MAPS}, got {mask_loss_maps!r}")
 
 
 def lcam_loss(
@@ -154,7 +155,7 @@ def lcam_loss(
         zero = cross_entropy.new_zeros(())
         return LCAMLoss(cross_entropy, cross_entropy, zero, zero)
     if loss != "lcam":
-        raise ValueError(f"'loss' must be one of {LOSSES}, got {loss!r}")
+        raise UserValueError(f"'loss' must be one of {LOSSES}, got {loss!r}")
     # Select the maps before converting them: under autocast the float32 copy (and its
     # gradient) then covers N x N maps, not all N x K.
     masks = select_loss_maps(cams, labels, mask_loss_maps)
@@ -217,7 +218,7 @@ class LCAM(nn.Module):
         _check_choice("backbone_mode", backbone_mode, BACKBONE_MODES)
         _check_choice("mask_loss_maps", mask_loss_maps, MASK_LOSS_MAPS)
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"'num_classes' must be a positive integer, got {num_classes!r}")
+            raise UserValueError(f"'num_classes' must be a positive integer, got {num_classes!r}")
         self.num_classes = num_classes
         self.apply_cam_to = apply_cam_to
         self.loss_name = loss
@@ -287,7 +288,7 @@ class LCAM(nn.Module):
         the plain classifier's. ``cams`` are always the raw AM output of the unmasked image.
         """
         if images.dim() != 4 or images.size(1) != 3:
-            raise ValueError(f"'images' must be N x 3 x H x W, got shape {tuple(images.shape)}")
+            raise UserValueError(f"'images' must be N x 3 x H x W, got shape {tuple(images.shape)}")
         normalized = self.normalize(images)
         # Reference quirk (ResNet50_L_CAM_ImgA): the AM's pass sees the unnormalised image.
         feature_maps = self.feature_maps(normalized if self.normalize_first_pass else images)
@@ -299,7 +300,7 @@ class LCAM(nn.Module):
                 logits = self.classify(normalized)
             return LCAMOutput(logits, cams)
         if labels.shape != (images.size(0),):
-            raise ValueError(f"'labels' must have shape ({images.size(0)},), got {tuple(labels.shape)}")
+            raise UserValueError(f"'labels' must have shape ({images.size(0)},), got {tuple(labels.shape)}")
         own_masks = torch.sigmoid(_own_maps(cams, labels.long()))
         if self.apply_cam_to == "feature_maps":
             logits = self.classify_feature_maps(feature_maps * own_masks)
@@ -346,7 +347,7 @@ class LCAM(nn.Module):
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name!r} must be one of {choices}, got {value!r}")
+        raise UserValueError(f"{name!r} must be one of {choices}, got {value!r}")
 
 
 def variant(family: BackboneFamily, arch: str, doc: str, **settings) -> Callable[..., LCAM]:

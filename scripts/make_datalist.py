@@ -33,7 +33,7 @@ from tqdm import tqdm
 from models import BackboneFamily, families, get_family
 from models.backbones import load_torchvision_classifier
 from utils.core.cli import REPO_ROOT, HelpFormatter, non_negative_int, positive_float, run_cli
-from utils.core.errors import UserValueError
+from utils.core.errors import UserFileNotFoundError, UserValueError
 from utils.core.files import atomic_open, ensure_writable
 from utils.core.runtime import AMP_CHOICES, autocast, resolve_device, seed_everything
 from utils.data.authors import AUTHORS_LISTS, AUTHORS_URL_BASES, fetch_authors_lists, parse_sha256
@@ -143,7 +143,7 @@ def read_ground_truth(path: str, synsets: str | None = None) -> dict[str, int]:
         ValueError: ``file:line`` of a line in none of these forms, or devkit ids without ``synsets``.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"ground-truth file not found: {path!r}")
+        raise UserFileNotFoundError(f"ground-truth file not found: {path!r}")
     with open(path, encoding="utf-8") as handle:
         lines = handle.read().splitlines()
     if lines and lines[0].replace(" ", "").startswith("ImageId,PredictionString"):
@@ -163,22 +163,24 @@ def read_ground_truth(path: str, synsets: str | None = None) -> dict[str, int]:
         elif len(fields) == 2 and fields[1].lstrip("-").isdigit():
             labels[os.path.splitext(os.path.basename(fields[0]))[0]] = int(fields[1])
         else:
-            raise ValueError(f"{path}:{number}: unrecognised ground-truth line {line!r}")
+            raise UserValueError(f"{path}:{number}: unrecognised ground-truth line {line!r}")
     if devkit_ids:
         if synsets is None:
-            raise ValueError(f"{path} holds devkit class ids: pass --synsets (lines '<wnid> <ILSVRC2012_ID> [name]')")
+            raise UserValueError(
+                f"{path} holds devkit class ids: pass --synsets (lines '<wnid> <ILSVRC2012_ID> [name]')"
+            )
         by_id = _read_synsets(synsets)
         order = {wnid: label for label, wnid in enumerate(sorted(by_id.values()))}
         for number, class_id in enumerate(devkit_ids, start=1):
             if class_id not in by_id:
-                raise ValueError(f"{path}:{number}: class id {class_id} is not in {synsets}")
+                raise UserValueError(f"{path}:{number}: class id {class_id} is not in {synsets}")
             labels[f"ILSVRC2012_val_{number:08d}"] = order[by_id[class_id]]
     return labels
 
 
 def _read_synsets(path: str) -> dict[int, str]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"synsets file not found: {path!r}")
+        raise UserFileNotFoundError(f"synsets file not found: {path!r}")
     by_id = {}
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -186,7 +188,7 @@ def _read_synsets(path: str) -> dict[int, str]:
             if not fields:
                 continue
             if len(fields) < 2 or not fields[1].isdigit():
-                raise ValueError(f"{path}:{number}: expected '<wnid> <ILSVRC2012_ID> [name]', got {line.strip()!r}")
+                raise UserValueError(f"{path}:{number}: expected '<wnid> <ILSVRC2012_ID> [name]', got {line.strip()!r}")
             by_id[int(fields[1])] = fields[0]
     return by_id
 
@@ -194,14 +196,14 @@ def _read_synsets(path: str) -> dict[int, str]:
 def make_val_list(args: argparse.Namespace) -> str:
     """Sample ``args.num_images`` labelled images of a validation folder into ``args.output``."""
     if not os.path.isdir(args.img_dir):
-        raise FileNotFoundError(f"image folder not found: {args.img_dir!r}")
+        raise UserFileNotFoundError(f"image folder not found: {args.img_dir!r}")
     has_classes = any(entry.is_dir() for entry in os.scandir(args.img_dir))
     if has_classes and args.ground_truth is None:
         samples, _ = folder_samples(args.img_dir)
         candidates = [(_relative(path, args.img_dir), label) for path, label in samples]
     else:
         if args.ground_truth is None:
-            raise ValueError(f"{args.img_dir} has no class subfolders: pass --ground_truth")
+            raise UserValueError(f"{args.img_dir} has no class subfolders: pass --ground_truth")
         labels = read_ground_truth(args.ground_truth, args.synsets)
         files = sorted(name for name in os.listdir(args.img_dir) if name.lower().endswith(IMAGE_EXTENSIONS))
         candidates = [
@@ -215,13 +217,13 @@ def make_val_list(args: argparse.Namespace) -> str:
             )
     bad = [(name, label) for name, label in candidates if not 0 <= label < args.num_classes]
     if bad:
-        raise ValueError(f"label {bad[0][1]} of {bad[0][0]} outside [0, {args.num_classes})")
+        raise UserValueError(f"label {bad[0][1]} of {bad[0][0]} outside [0, {args.num_classes})")
     excluded = set()
     for list_path in args.exclude or []:
         excluded.update(os.path.basename(path) for path, _ in read_datalist(list_path))
     candidates = [item for item in candidates if os.path.basename(item[0]) not in excluded]
     if args.num_images > len(candidates):
-        raise ValueError(f"--num_images {args.num_images} but only {len(candidates)} labelled images remain")
+        raise UserValueError(f"--num_images {args.num_images} but only {len(candidates)} labelled images remain")
     chosen, unreadable = _sample_readable(candidates, args.num_images, args.seed, args.img_dir)
     warn_unreadable(unreadable)
     with atomic_open(args.output) as handle:
@@ -407,11 +409,11 @@ def main(args: argparse.Namespace) -> str:
         if args.output is None:
             args.output = os.path.join(ROOT_DIR, "datalist", "ILSVRC", get_family(args.backbone).train_list)
         if args.batch_size < 1 or args.num_workers < 0:
-            raise ValueError("'--batch_size' must be >= 1 and '--num_workers' >= 0")
+            raise UserValueError("'--batch_size' must be >= 1 and '--num_workers' >= 0")
         ensure_writable(args.output, "--output")
         return make_train_list(args)
     if args.num_images < 1:
-        raise ValueError(f"'--num_images' must be >= 1, got {args.num_images}")
+        raise UserValueError(f"'--num_images' must be >= 1, got {args.num_images}")
     ensure_writable(args.output, "--output")
     return make_val_list(args)
 

@@ -1,12 +1,16 @@
-"""run_cli: one error line and exit status 2 for a user's mistake, 130 for Ctrl-C."""
+"""run_cli: one error line and exit status 2 for a user's mistake (a UserError), a traceback
+for any other exception (a bug), 130 for Ctrl-C; warnings as one line; the flag types."""
 
 from __future__ import annotations
 
 import argparse
+import warnings
 
 import pytest
 
 from utils.core.cli import run_cli
+from utils.core.errors import UserFileNotFoundError, UserValueError
+from utils.training.loop import NonFiniteLossError
 
 
 def _parser():
@@ -17,14 +21,19 @@ def _parser():
 
 def _main(args):
     errors = {
-        "value": ValueError("bad --x"),
-        "file": FileNotFoundError("no such list"),
-        "nan": FloatingPointError("loss is nan"),
+        "value": UserValueError("bad --x"),
+        "file": UserFileNotFoundError("no such list"),
+        "nan": NonFiniteLossError("loss is nan"),
+        "plain-value": ValueError("a bug deep inside"),
+        "warn": None,
     }
     if args.fail == "interrupt":
         raise KeyboardInterrupt
     if args.fail == "bug":
         raise KeyError("a real bug")
+    if args.fail == "warn":
+        warnings.warn("first line\n  second line", UserWarning, stacklevel=1)
+        return "warned"
     if args.fail:
         raise errors[args.fail]
     return "done"
@@ -44,6 +53,8 @@ def test_interrupt_and_bugs_and_success(capsys):
     assert exit_info.value.code == 130 and capsys.readouterr().err == "tool.py: interrupted; run it again\n"
     with pytest.raises(KeyError):
         run_cli(_main, _parser(), ["--fail", "bug"])
+    with pytest.raises(ValueError, match="a bug deep inside"):  # not a UserError: the traceback stays
+        run_cli(_main, _parser(), ["--fail", "plain-value"])
     assert run_cli(_main, _parser(), []) == "done"
 
 
@@ -79,3 +90,8 @@ def test_flag_types_refuse_in_one_parser_line(kind, text, accepted, capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error == f"tool.py: error: argument --value: expected {accepted}, got {text!r}"
+
+
+def test_a_warning_is_one_line_without_source(capsys):
+    assert run_cli(_main, _parser(), ["--fail", "warn"]) == "warned"
+    assert capsys.readouterr().err == "tool.py: warning: first line second line\n"

@@ -70,7 +70,7 @@ def checkpoint_name(epoch: int, global_counter: int, reference: bool = False, mi
     """``lcam_epoch_{E}_glo_step_{S}.pth.tar`` (end of epoch E), ``..._mid.pth.tar`` (part-way
     through epoch E, ``mid_epoch``), or the reference's ``imagenet_...`` name."""
     if reference and mid_epoch:
-        raise ValueError("the reference's snapshots are written at the end of an epoch only")
+        raise UserValueError("the reference's snapshots are written at the end of an epoch only")
     prefix = "imagenet" if reference else FORMAT
     tag = MID_EPOCH_TAG if mid_epoch else ""
     return f"{prefix}_epoch_{epoch}_glo_step_{global_counter}{tag}{SUFFIX}"

@@ -28,10 +28,10 @@ __all__ = [
 # The project root: the commands' default dataset, datalist and snapshot folders are under it.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# Mistakes a user can fix: the project's UserError, and the bad values, types and missing
-# files that argument checking and the standard library report, a loss that became NaN
-# (FloatingPointError), an output that cannot be written (PermissionError).
-USER_ERRORS = (UserError, ValueError, TypeError, FileNotFoundError, PermissionError, FloatingPointError)
+# Mistakes a user can fix: the project's UserError and its kinds (a bad value or type, a
+# missing or unreadable file, a loss that became NaN, ...). Any other exception is a bug and
+# keeps its traceback.
+USER_ERRORS = (UserError,)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

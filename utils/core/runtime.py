@@ -14,6 +14,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from utils.core.errors import UserValueError
+
 __all__ = [
     "AMP_CHOICES",
     "COMPILE_MODES",
@@ -45,9 +47,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise ValueError(f"'--device' {name!r} is not a device name (e.g. auto, cpu, cuda, cuda:1)") from error
+        raise UserValueError(f"'--device' {name!r} is not a device name (e.g. auto, cpu, cuda, cuda:1)") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"'--device' {name!r} asked for, but CUDA is not available here; use --device cpu")
+        raise UserValueError(f"'--device' {name!r} asked for, but CUDA is not available here; use --device cpu")
     return device
 
 
@@ -57,7 +59,7 @@ def autocast(device: torch.device, amp: str = "none") -> AbstractContextManager:
     Forward passes and losses run inside it; fp16 on CUDA also needs :func:`grad_scaler`.
     """
     if amp not in AMP_CHOICES:
-        raise ValueError(f"'amp' must be one of {AMP_CHOICES}, got {amp!r}")
+        raise UserValueError(f"'amp' must be one of {AMP_CHOICES}, got {amp!r}")
     if amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=_AMP_DTYPES[amp])
@@ -78,7 +80,7 @@ def compile_function(function: Callable, mode: str | bool | None) -> Callable:
         return function
     mode = "default" if mode is True else mode
     if mode not in COMPILE_MODES:
-        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+        raise UserValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
     return torch.compile(function, mode=mode)
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms
 
-from utils.core.errors import UserFileNotFoundError
+from utils.core.errors import UserFileNotFoundError, UserValueError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -56,7 +56,7 @@ def read_datalist(
     """
     list_path = os.fspath(list_path)
     if not os.path.isfile(list_path):
-        raise FileNotFoundError(f"datalist not found: {list_path!r}")
+        raise UserFileNotFoundError(f"datalist not found: {list_path!r}")
     samples = []
     with open(list_path, encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -65,18 +65,18 @@ def read_datalist(
                 continue
             fields = text.rsplit(maxsplit=1)
             if len(fields) != 2 or not _is_int(fields[1]):
-                raise ValueError(
+                raise UserValueError(
                     f"{list_path}:{line_number}: malformed line {text!r}: expected '<image path> <integer label>'"
                 )
             relative_path, label = fields[0], int(fields[1])
             if label < 0 or (num_classes is not None and label >= num_classes):
                 bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
-                raise ValueError(f"{list_path}:{line_number}: label {label} outside {bound} in line {text!r}")
+                raise UserValueError(f"{list_path}:{line_number}: label {label} outside {bound} in line {text!r}")
             if not os.path.splitext(relative_path)[1]:
                 relative_path += ".jpg"
             samples.append((os.path.join(os.fspath(img_dir), relative_path), label))
     if not samples:
-        raise ValueError(f"{list_path}: the datalist has no entry")
+        raise UserValueError(f"{list_path}: the datalist has no entry")
     return samples
 
 
@@ -93,10 +93,10 @@ def folder_samples(root: str | os.PathLike) -> tuple[list[Sample], list[str]]:
     subfolder name; also returns the class names."""
     root = os.fspath(root)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"image folder not found: {root!r}")
+        raise UserFileNotFoundError(f"image folder not found: {root!r}")
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not classes:
-        raise ValueError(f"{root}: no class subfolders")
+        raise UserValueError(f"{root}: no class subfolders")
     samples = []
     for label, name in enumerate(classes):
         for directory, _, files in sorted(os.walk(os.path.join(root, name))):
@@ -106,7 +106,7 @@ def folder_samples(root: str | os.PathLike) -> tuple[list[Sample], list[str]]:
                 if file.lower().endswith(IMAGE_EXTENSIONS)
             )
     if not samples:
-        raise ValueError(f"{root}: no image in its class subfolders")
+        raise UserValueError(f"{root}: no image in its class subfolders")
     return samples, classes
 
 
@@ -117,7 +117,7 @@ def samples_from(
     if os.path.isdir(source):
         samples, classes = folder_samples(source)
         if num_classes is not None and len(classes) > num_classes:
-            raise ValueError(f"{source}: {len(classes)} class folders but num_classes={num_classes}")
+            raise UserValueError(f"{source}: {len(classes)} class folders but num_classes={num_classes}")
         return samples
     return read_datalist(source, img_dir, num_classes)
 
@@ -258,7 +258,7 @@ class ResumableSampler(DistributedSampler):
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         if not 0 <= start <= self.num_samples:
-            raise ValueError(f"'start' must be in [0, {self.num_samples}], got {start!r}")
+            raise UserValueError(f"'start' must be in [0, {self.num_samples}], got {start!r}")
         super().set_epoch(epoch)
         self.start = start
 
@@ -307,9 +307,9 @@ def build_loader(
     and prefetching when ``num_workers > 0``, and its own seeded generator so that
     creating an iterator never draws from the global RNG."""
     if batch_size < 1:
-        raise ValueError(f"'batch_size' must be >= 1, got {batch_size!r}")
+        raise UserValueError(f"'batch_size' must be >= 1, got {batch_size!r}")
     if num_workers < 0:
-        raise ValueError(f"'num_workers' must be >= 0, got {num_workers!r}")
+        raise UserValueError(f"'num_workers' must be >= 0, got {num_workers!r}")
     workers = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if num_workers > 0 else {}
     return DataLoader(
         dataset,

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as TF
 
+from utils.core.errors import UserValueError
 from utils.data.datalists import Batch, Sample
 
 __all__ = ["DecodingLoader", "DeviceDecoder", "EncodedBatch", "EncodedImageList", "collate_encoded"]
@@ -97,7 +98,7 @@ class DeviceDecoder:
 
     def __init__(self, input_size: int = 256, crop_size: int = 224, train: bool = False) -> None:
         if crop_size > input_size:
-            raise ValueError(f"'crop_size' ({crop_size}) must not exceed 'input_size' ({input_size})")
+            raise UserValueError(f"'crop_size' ({crop_size}) must not exceed 'input_size' ({input_size})")
         self.input_size, self.crop_size, self.train = input_size, crop_size, train
 
     def __call__(self, batch: EncodedBatch, device: torch.device) -> Batch:

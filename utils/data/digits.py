@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from utils.core.errors import UserValueError
+from utils.core.errors import UserFileNotFoundError, UserValueError
 from utils.core.files import atomic_open, write_json
 from utils.data.datalists import ImageList, check_images_exist, read_datalist
 
@@ -75,7 +75,7 @@ class DigitsDataset(NamedTuple):
     def list_of(self, split: str) -> str:
         """The datalist of ``split`` (one of :data:`SPLITS`)."""
         if split not in SPLITS:
-            raise ValueError(f"'split' must be one of {SPLITS}, got {split!r}")
+            raise UserValueError(f"'split' must be one of {SPLITS}, got {split!r}")
         return getattr(self, f"{split}_list")
 
 
@@ -129,7 +129,9 @@ def render_canvas(
     """
     low, high = digit_size
     if not 8 <= low <= high <= canvas_size:
-        raise ValueError(f"'digit_size' must satisfy 8 <= low <= high <= canvas_size={canvas_size}, got {digit_size!r}")
+        raise UserValueError(
+            f"'digit_size' must satisfy 8 <= low <= high <= canvas_size={canvas_size}, got {digit_size!r}"
+        )
     canvas = np.zeros((canvas_size, canvas_size), dtype=np.float32)
     side = int(rng.integers(low, high + 1))
     digit = _upscale(scan, side, side)
@@ -215,13 +217,13 @@ def make_digits_dataset(
     """
     counts = (num_train, num_val, num_test)
     if any(not isinstance(count, int) or count < 1 for count in counts):
-        raise ValueError(f"'num_train', 'num_val', 'num_test' must be positive integers, got {counts}")
+        raise UserValueError(f"'num_train', 'num_val', 'num_test' must be positive integers, got {counts}")
     if not isinstance(canvas_size, int) or canvas_size < 16:
-        raise ValueError(f"'canvas_size' must be an integer >= 16, got {canvas_size!r}")
+        raise UserValueError(f"'canvas_size' must be an integer >= 16, got {canvas_size!r}")
     if digit_size is None:
         digit_size = (canvas_size // 3, canvas_size // 2)
     if not 0 <= fragments[0] <= fragments[1]:
-        raise ValueError(f"'fragments' must be (min, max) with 0 <= min <= max, got {fragments!r}")
+        raise UserValueError(f"'fragments' must be (min, max) with 0 <= min <= max, got {fragments!r}")
     root = os.path.abspath(os.fspath(root))
     dataset = DigitsDataset(
         root,
@@ -279,7 +281,7 @@ def read_boxes(boxes_file: str | os.PathLike) -> dict[str, tuple[int, int, int, 
     """
     boxes_file = os.fspath(boxes_file)
     if not os.path.isfile(boxes_file):
-        raise FileNotFoundError(f"box file not found: {boxes_file!r}")
+        raise UserFileNotFoundError(f"box file not found: {boxes_file!r}")
     root = os.path.dirname(os.path.abspath(boxes_file))
     boxes = {}
     with open(boxes_file, encoding="utf-8", newline="") as handle:
@@ -288,7 +290,7 @@ def read_boxes(boxes_file: str | os.PathLike) -> dict[str, tuple[int, int, int, 
                 box = tuple(int(row[key]) for key in ("x0", "y0", "x1", "y1"))
                 path = os.path.join(root, row["image"])
             except (KeyError, TypeError, ValueError) as error:
-                raise ValueError(f"{boxes_file}:{line_number}: malformed row {row!r} ({error})") from error
+                raise UserValueError(f"{boxes_file}:{line_number}: malformed row {row!r} ({error})") from error
             boxes[path] = box
     return boxes
 
@@ -317,11 +319,11 @@ def load_split(dataset: DigitsDataset, split: str, limit: int | None = None) -> 
     boxes = read_boxes(dataset.boxes_file)
     missing = [path for path, _ in samples if path not in boxes]
     if missing:
-        raise ValueError(f"{dataset.boxes_file}: no box for {missing[0]!r} ({len(missing)} images without a box)")
+        raise UserValueError(f"{dataset.boxes_file}: no box for {missing[0]!r} ({len(missing)} images without a box)")
     images = []
     for tensor, _, _, reason in ImageList(samples):
         if reason is not None:
-            raise ValueError(f"{list_path}: unreadable image: {reason}")
+            raise UserValueError(f"{list_path}: unreadable image: {reason}")
         images.append(tensor)
     return DigitsSplit(
         torch.stack(images),

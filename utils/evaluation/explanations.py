@@ -145,11 +145,11 @@ def class_names_for(num_classes: int, names_file: str | os.PathLike | None = Non
     if names_file:
         names_file = os.fspath(names_file)
         if not os.path.isfile(names_file):
-            raise FileNotFoundError(f"--class_names file not found: {names_file!r}")
+            raise UserFileNotFoundError(f"--class_names file not found: {names_file!r}")
         with open(names_file, encoding="utf-8") as handle:
             names = [line.strip() for line in handle if line.strip()]
         if len(names) != num_classes:
-            raise ValueError(f"{names_file}: {len(names)} class names, but the model has {num_classes} classes")
+            raise UserValueError(f"{names_file}: {len(names)} class names, but the model has {num_classes} classes")
         return names
     if num_classes == 1000:
         return list(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
@@ -188,14 +188,14 @@ def _checked_classes(options: ExplainOptions, num_classes: int) -> tuple[list[in
         classes = [int(index) for index in options.classes]
         outside = [index for index in classes if not 0 <= index < num_classes]
         if not classes or outside:
-            raise ValueError(f"'classes' must be class indices in [0, {num_classes}), got {list(options.classes)}")
+            raise UserValueError(f"'classes' must be class indices in [0, {num_classes}), got {list(options.classes)}")
     elif not 1 <= options.topk <= num_classes:
-        raise ValueError(f"'topk' must be in [1, {num_classes}], got {options.topk}")
+        raise UserValueError(f"'topk' must be in [1, {num_classes}], got {options.topk}")
     if not 0 <= options.grid <= num_classes:
-        raise ValueError(f"'grid' must be in [0, {num_classes}], got {options.grid}")
+        raise UserValueError(f"'grid' must be in [0, {num_classes}], got {options.grid}")
     names = list(options.class_names) if options.class_names is not None else class_names_for(num_classes)
     if len(names) != num_classes:
-        raise ValueError(f"{len(names)} class names for a model of {num_classes} classes")
+        raise UserValueError(f"{len(names)} class names for a model of {num_classes} classes")
     return classes, names
 
 
@@ -232,7 +232,7 @@ def explain_images(
     samples = [(item, -1) if isinstance(item, (str, os.PathLike)) else (item[0], int(item[1])) for item in paths]
     samples = [(os.fspath(path), label) for path, label in samples]
     if not samples:
-        raise ValueError("no image to explain")
+        raise UserValueError("no image to explain")
     device = torch.device(options.device) if options.device is not None else next(model.parameters()).device
     stems = _stems([path for path, _ in samples])
     output_dir = None
@@ -267,7 +267,7 @@ def explain_images(
             bar.update(len(batch.labels) + len(batch.failed))
     if not explanations:
         first = f"; first: {unreadable[0]['path']}: {unreadable[0]['reason']}" if unreadable else ""
-        raise ValueError(f"no readable image to explain ({len(unreadable)} unreadable{first})")
+        raise UserValueError(f"no readable image to explain ({len(unreadable)} unreadable{first})")
     return ExplanationRun(explanations, unreadable)
 
 

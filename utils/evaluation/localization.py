@@ -14,25 +14,27 @@ from __future__ import annotations
 
 import torch
 
+from utils.core.errors import UserValueError
+
 __all__ = ["LocalizationMeter", "box_masks", "energy_in_box", "pointing_game"]
 
 
 def _check(maps: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if maps.dim() == 4:
         if maps.size(1) != 1:
-            raise ValueError(f"'maps' must be N x 1 x H x W or N x H x W, got shape {tuple(maps.shape)}")
+            raise UserValueError(f"'maps' must be N x 1 x H x W or N x H x W, got shape {tuple(maps.shape)}")
         maps = maps[:, 0]
     if maps.dim() != 3:
-        raise ValueError(f"'maps' must be N x 1 x H x W or N x H x W, got shape {tuple(maps.shape)}")
+        raise UserValueError(f"'maps' must be N x 1 x H x W or N x H x W, got shape {tuple(maps.shape)}")
     boxes = torch.as_tensor(boxes, device=maps.device)
     if boxes.shape != (maps.size(0), 4):
-        raise ValueError(
+        raise UserValueError(
             f"'boxes' must be N x 4 (x0, y0, x1, y1) with N={maps.size(0)}, got shape {tuple(boxes.shape)}"
         )
     if (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
-        raise ValueError("'boxes' must have x1 > x0 and y1 > y0 (end coordinates are exclusive)")
+        raise UserValueError("'boxes' must have x1 > x0 and y1 > y0 (end coordinates are exclusive)")
     if (maps < 0).any():
-        raise ValueError("'maps' must be non-negative (min-max normalise them first)")
+        raise UserValueError("'maps' must be non-negative (min-max normalise them first)")
     return maps, boxes.long()
 
 
@@ -69,7 +71,7 @@ def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, tolerance: int = 0) -
     counts as a miss.
     """
     if tolerance < 0:
-        raise ValueError(f"'tolerance' must be >= 0, got {tolerance!r}")
+        raise UserValueError(f"'tolerance' must be >= 0, got {tolerance!r}")
     maps, boxes = _check(maps, boxes)
     flat = maps.flatten(1)  # N x HW, also for N = 0
     peak = flat.argmax(dim=1)
@@ -101,7 +103,7 @@ class LocalizationMeter:
         """``energy_in_box`` and ``pointing_game`` in percent (NaN when every batch added was
         empty, e.g. no image was classified correctly), and ``count``."""
         if not self._energy:
-            raise ValueError("LocalizationMeter.summary(): no batch was added")
+            raise UserValueError("LocalizationMeter.summary(): no batch was added")
         energy, hits = torch.cat(self._energy), torch.cat(self._hits)
         return {
             "energy_in_box": float(energy.mean() * 100),

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from utils.core.errors import UserValueError
+
 # map normalisation and upsampling belong to the explainers; re-exported here for the protocol
 from utils.explainers.maps import minmax_normalize, upsample_bilinear
 
@@ -35,16 +37,16 @@ __all__ = [
 def _as_float64(values, name: str) -> torch.Tensor:
     tensor = values.detach().cpu() if torch.is_tensor(values) else torch.as_tensor(np.asarray(values, dtype=np.float64))
     if tensor.dim() != 1:
-        raise ValueError(f"{name!r} must be one-dimensional, got shape {tuple(tensor.shape)}")
+        raise UserValueError(f"{name!r} must be one-dimensional, got shape {tuple(tensor.shape)}")
     return tensor.to(torch.float64)
 
 
 def _check_pair(y, o) -> tuple[torch.Tensor, torch.Tensor]:
     y, o = _as_float64(y, "y"), _as_float64(o, "o")
     if y.shape != o.shape:
-        raise ValueError(f"'y' and 'o' must have the same length, got {len(y)} and {len(o)}")
+        raise UserValueError(f"'y' and 'o' must have the same length, got {len(y)} and {len(o)}")
     if len(y) == 0:
-        raise ValueError("'y' and 'o' are empty: no image to average over")
+        raise UserValueError("'y' and 'o' are empty: no image to average over")
     return y, o
 
 
@@ -76,9 +78,9 @@ def keep_top(cams: torch.Tensor, percentage: float) -> torch.Tensor:
     maps unchanged (as a copy). Does not modify ``cams``.
     """
     if cams.dim() != 4 or cams.size(1) != 1:
-        raise ValueError(f"'cams' must be N x 1 x H x W, got shape {tuple(cams.shape)}")
+        raise UserValueError(f"'cams' must be N x 1 x H x W, got shape {tuple(cams.shape)}")
     if not 0 <= percentage < 1:
-        raise ValueError(f"'percentage' must be in [0, 1), got {percentage!r}")
+        raise UserValueError(f"'percentage' must be in [0, 1), got {percentage!r}")
     num_images, _, height, width = cams.shape
     rank = int(height * width * percentage)
     if rank == 0:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from utils.core.errors import abbreviate
+from utils.core.errors import UserTypeError, UserValueError, abbreviate
 from utils.core.files import atomic_open, write_json
 from utils.core.runtime import autocast
 from utils.data.datalists import Batch, ImageList, build_loader, eval_transform
@@ -66,7 +66,7 @@ def normalize_and_upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Ten
     if maps.dim() == 3:
         maps = maps.unsqueeze(1)
     if maps.dim() != 4 or maps.size(1) != 1:
-        raise ValueError(f"saliency maps must be N x 1 x h x w, got shape {tuple(maps.shape)}")
+        raise UserValueError(f"saliency maps must be N x 1 x h x w, got shape {tuple(maps.shape)}")
     normalized = minmax_normalize(maps.float())
     if tuple(normalized.shape[-2:]) == tuple(size):
         return normalized
@@ -81,16 +81,16 @@ def parse_percentages(text: str | Sequence[float]) -> tuple[float, ...]:
         try:
             values = tuple(float(field) for field in fields)
         except ValueError as error:
-            raise ValueError(f"percentages must be comma-separated numbers in [0, 1), got {text!r}") from error
+            raise UserValueError(f"percentages must be comma-separated numbers in [0, 1), got {text!r}") from error
     else:
         values = tuple(float(value) for value in text)
     if not values:
-        raise ValueError(f"no percentage given in {text!r}")
+        raise UserValueError(f"no percentage given in {text!r}")
     bad = [value for value in values if not 0 <= value < 1]
     if bad:
-        raise ValueError(f"percentages must be in [0, 1) (the fraction of pixels dropped), got {bad}")
+        raise UserValueError(f"percentages must be in [0, 1) (the fraction of pixels dropped), got {bad}")
     if len(set(values)) != len(values):
-        raise ValueError(f"duplicate percentages in {text!r}")
+        raise UserValueError(f"duplicate percentages in {text!r}")
     return values
 
 
@@ -186,11 +186,11 @@ def _percent(hits: torch.Tensor) -> float:
 
 def _check_maps(maps: torch.Tensor, num_images: int, explainer: object) -> torch.Tensor:
     if not torch.is_tensor(maps):
-        raise TypeError(f"{type(explainer).__name__}.explain must return a tensor, got {type(maps).__name__}")
+        raise UserTypeError(f"{type(explainer).__name__}.explain must return a tensor, got {type(maps).__name__}")
     if maps.dim() == 3:
         maps = maps.unsqueeze(1)
     if maps.dim() != 4 or maps.size(0) != num_images or maps.size(1) != 1:
-        raise ValueError(
+        raise UserValueError(
             f"{type(explainer).__name__} returned maps of shape {tuple(maps.shape)}, expected {num_images} x 1 x h x w"
         )
     return maps
@@ -211,7 +211,7 @@ def _unpack(batch, position: int) -> Batch:
         images, labels = batch[0], torch.as_tensor(batch[1])
         indices = torch.as_tensor(batch[2]) if len(batch) == 3 else torch.arange(position, position + len(labels))
         return Batch(images, labels, indices, [])
-    raise TypeError(
+    raise UserTypeError(
         f"the loader must yield utils.data.Batch or (images, labels[, indices]), got {type(batch).__name__}"
     )
 
@@ -281,7 +281,7 @@ def evaluate_many(
         ValueError: no pair, no readable image in ``loader``, or maps of a wrong shape.
     """
     if not methods:
-        raise ValueError("evaluate_many needs at least one (classifier, explainer) pair")
+        raise UserValueError("evaluate_many needs at least one (classifier, explainer) pair")
     percentages = parse_percentages(percentages)
     device = torch.device(device)
     samples = getattr(getattr(loader, "dataset", None), "samples", None)
@@ -328,7 +328,7 @@ def evaluate_many(
             if unreadable
             else ""
         )
-        raise ValueError(f"no readable image to evaluate ({len(unreadable)} unreadable{first})")
+        raise UserValueError(f"no readable image to evaluate ({len(unreadable)} unreadable{first})")
     return [_result(method_columns, percentages, paths, unreadable, seconds) for method_columns in columns]
 
 
@@ -514,7 +514,7 @@ def build_eval_loader(
         )
         return DecodingLoader(loader, DeviceDecoder(input_size, crop_size, train=False), device)
     if decode != "pil":
-        raise ValueError(f"'decode' must be 'pil' or 'device', got {decode!r}")
+        raise UserValueError(f"'decode' must be 'pil' or 'device', got {decode!r}")
     return build_loader(
         ImageList(samples, eval_transform(input_size, crop_size)), batch_size, device, num_workers=num_workers
     )

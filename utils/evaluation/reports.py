@@ -13,6 +13,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from utils.core.errors import UserValueError
 from utils.core.files import atomic_open
 from utils.evaluation.visualize import draw_box, overlay, save_table, to_pil
 
@@ -99,7 +100,7 @@ def save_scores_chart(scores: Sequence[MethodScores], percentages: Sequence[floa
     method), and the localisation scores when any method has them; the legend on the right.
     Returns the path."""
     if not scores:
-        raise ValueError("'scores' is empty: no method to draw")
+        raise UserValueError("'scores' is empty: no method to draw")
     groups = [f"top {kept_label(percentage)}" for percentage in percentages]
     panels = [
         ("AD (lower is better)", groups, [method.average_drop for method in scores]),
@@ -151,7 +152,7 @@ def save_overlay_grid(
         cell_inches: the side of a cell.
     """
     if len(maps) != len(method_titles):
-        raise ValueError(f"{len(maps)} methods' maps for {len(method_titles)} titles")
+        raise UserValueError(f"{len(maps)} methods' maps for {len(method_titles)} titles")
     images = images.detach().cpu()
     cells = []
     for row, image in enumerate(images):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from utils.core.errors import UserValueError
 from utils.evaluation.protocol import normalize_and_upsample
 from utils.explainers.protocol import Classifier, Explainer
 
@@ -48,7 +49,7 @@ def road_scores(
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
     if not percentiles or any(not 0 < percentile < 100 for percentile in percentiles):
-        raise ValueError(f"'percentiles' must be numbers in (0, 100), got {list(percentiles)}")
+        raise UserValueError(f"'percentiles' must be numbers in (0, 100), got {list(percentiles)}")
     with torch.inference_mode():
         classes = classifier(images).argmax(dim=1)
     maps = explainer.explain(images, classes.clone())
@@ -103,5 +104,5 @@ def evaluate_road(
             if limit is not None and count >= limit:
                 break
     if not count:
-        raise ValueError("no readable image for ROAD")
+        raise UserValueError("no readable image for ROAD")
     return {f"road_{name}": float(torch.cat(values).mean()) for name, values in scores.items()} | {"road_count": count}

@@ -13,6 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from utils.core.errors import UserValueError
+
 __all__ = ["draw_box", "heatmap", "overlay", "save_grid", "save_table", "to_pil"]
 
 
@@ -23,11 +25,11 @@ def _as_float_image(image) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     if torch.is_tensor(image):
         if image.dim() != 3 or image.size(0) != 3:
-            raise ValueError(f"'image' tensor must be 3 x H x W, got shape {tuple(image.shape)}")
+            raise UserValueError(f"'image' tensor must be 3 x H x W, got shape {tuple(image.shape)}")
         image = image.detach().float().cpu().permute(1, 2, 0).numpy()
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"'image' must be H x W x 3 (or a 3 x H x W tensor), got shape {array.shape}")
+        raise UserValueError(f"'image' must be H x W x 3 (or a 3 x H x W tensor), got shape {array.shape}")
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     return np.clip(array.astype(np.float32), 0.0, 1.0)
@@ -38,7 +40,7 @@ def _as_map(saliency) -> np.ndarray:
         saliency = saliency.detach().float().cpu().numpy()
     array = np.squeeze(np.asarray(saliency, dtype=np.float32))
     if array.ndim != 2:
-        raise ValueError(f"'saliency' must be one H x W map, got shape {np.shape(saliency)}")
+        raise UserValueError(f"'saliency' must be one H x W map, got shape {np.shape(saliency)}")
     return array
 
 
@@ -52,7 +54,7 @@ def heatmap(saliency, colormap: str = "jet") -> np.ndarray:
     try:
         cmap = matplotlib.colormaps[colormap]
     except KeyError as error:
-        raise ValueError(f"unknown colormap {colormap!r}; e.g. jet, turbo, viridis, inferno, magma") from error
+        raise UserValueError(f"unknown colormap {colormap!r}; e.g. jet, turbo, viridis, inferno, magma") from error
     return cmap(np.clip(_as_map(saliency), 0.0, 1.0))[..., :3].astype(np.float32)
 
 
@@ -60,11 +62,11 @@ def overlay(image, saliency, alpha: float = 0.5, colormap: str = "jet") -> Image
     """``(1 - alpha) * image + alpha * heatmap(saliency)`` as an RGB PIL image of the
     image's size. ``saliency`` (values in [0, 1]) must have the image's height and width."""
     if not 0 <= alpha <= 1:
-        raise ValueError(f"'alpha' must be in [0, 1], got {alpha!r}")
+        raise UserValueError(f"'alpha' must be in [0, 1], got {alpha!r}")
     picture = _as_float_image(image)
     colours = heatmap(saliency, colormap)
     if colours.shape[:2] != picture.shape[:2]:
-        raise ValueError(f"saliency map of size {colours.shape[:2]} does not match the image's {picture.shape[:2]}")
+        raise UserValueError(f"saliency map of size {colours.shape[:2]} does not match the image's {picture.shape[:2]}")
     blended = (1 - alpha) * picture + alpha * colours
     return Image.fromarray(np.round(np.clip(blended, 0.0, 1.0) * 255).astype(np.uint8))
 
@@ -75,10 +77,10 @@ def draw_box(
     """A copy of ``image`` (3 x H x W in [0, 1]) with the one-pixel outline of ``box``
     ``(x0, y0, x1, y1)`` (ends exclusive, as the digits' boxes) drawn in ``colour``."""
     if image.dim() != 3 or image.size(0) != 3:
-        raise ValueError(f"'image' must be 3 x H x W, got shape {tuple(image.shape)}")
+        raise UserValueError(f"'image' must be 3 x H x W, got shape {tuple(image.shape)}")
     x0, y0, x1, y1 = (int(value) for value in box)
     if not (0 <= x0 < x1 <= image.size(2) and 0 <= y0 < y1 <= image.size(1)):
-        raise ValueError(f"'box' must lie in the {image.size(2)} x {image.size(1)} image, got {(x0, y0, x1, y1)}")
+        raise UserValueError(f"'box' must lie in the {image.size(2)} x {image.size(1)} image, got {(x0, y0, x1, y1)}")
     boxed = image.clone()
     paint = torch.tensor(colour, dtype=image.dtype, device=image.device).view(3, 1)
     boxed[:, y0, x0:x1] = boxed[:, y1 - 1, x0:x1] = boxed[:, y0:y1, x0] = boxed[:, y0:y1, x1 - 1] = paint
@@ -99,7 +101,7 @@ def save_table(
     rows = len(cells)
     columns = max((len(row) for row in cells), default=0)
     if rows == 0 or columns == 0:
-        raise ValueError("'cells' holds no image")
+        raise UserValueError("'cells' holds no image")
     figure = Figure(figsize=(cell_inches * columns, cell_inches * rows + 0.4), dpi=dpi)
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, columns, squeeze=False)
@@ -137,12 +139,12 @@ def save_grid(
     """Save ``tiles`` in a grid (``columns`` per row, default about square), each with its
     title. Returns the path."""
     if not tiles:
-        raise ValueError("'tiles' is empty")
+        raise UserValueError("'tiles' is empty")
     columns = columns or int(np.ceil(np.sqrt(len(tiles))))
     cells = [list(tiles[start : start + columns]) for start in range(0, len(tiles), columns)]
     cell_titles = None
     if titles is not None:
         if len(titles) != len(tiles):
-            raise ValueError(f"{len(titles)} titles for {len(tiles)} tiles")
+            raise UserValueError(f"{len(titles)} titles for {len(tiles)} tiles")
         cell_titles = [list(titles[start : start + columns]) for start in range(0, len(titles), columns)]
     return save_table(cells, path, cell_titles=cell_titles, cell_inches=cell_inches)

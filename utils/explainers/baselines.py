@@ -52,7 +52,7 @@ from models.families import BackboneFamily, families, get_family
 from models.generic import GENERIC_FAMILY
 from models.lcam import LCAM
 from utils.core.checkpoint import save_checkpoint
-from utils.core.errors import UserTypeError
+from utils.core.errors import UserTypeError, UserValueError
 from utils.explainers.maps import minmax_normalize
 
 __all__ = [
@@ -221,10 +221,10 @@ def _modes_restored(model: nn.Module) -> Iterator[None]:
 
 def _check_inputs(images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     if not torch.is_tensor(images) or images.dim() != 4 or images.size(1) != 3:
-        raise ValueError(f"'images' must be an N x 3 x H x W tensor, got {getattr(images, 'shape', type(images))}")
+        raise UserValueError(f"'images' must be an N x 3 x H x W tensor, got {getattr(images, 'shape', type(images))}")
     classes = torch.as_tensor(classes, device=images.device).long().reshape(-1)
     if classes.numel() != images.size(0):
-        raise ValueError(f"'classes' must hold {images.size(0)} class indices, got {classes.numel()}")
+        raise UserValueError(f"'classes' must hold {images.size(0)} class indices, got {classes.numel()}")
     return classes
 
 
@@ -307,7 +307,7 @@ class ScoreCAM:
 
     def __init__(self, classifier: NormalizedClassifier, chunk_size: int = 128) -> None:
         if chunk_size < 1:
-            raise ValueError(f"'chunk_size' must be positive, got {chunk_size}")
+            raise UserValueError(f"'chunk_size' must be positive, got {chunk_size}")
         self.classifier = classifier
         self.chunk_size = chunk_size
 
@@ -351,7 +351,7 @@ def generate_rise_masks(
         ``num_masks`` x 1 x H x W float32 masks in [0, 1].
     """
     if num_masks < 1 or grid_size < 1 or not 0 < keep_probability <= 1:
-        raise ValueError(
+        raise UserValueError(
             f"need num_masks >= 1, grid_size >= 1 and 0 < keep_probability <= 1, got "
             f"{num_masks}, {grid_size}, {keep_probability}"
         )
@@ -402,7 +402,7 @@ class RISE:
         if num_masks is None:
             num_masks = classifier.family.rise_masks
         if num_masks < 1 or chunk_size < 1:
-            raise ValueError(f"'num_masks' and 'chunk_size' must be positive, got {num_masks} and {chunk_size}")
+            raise UserValueError(f"'num_masks' and 'chunk_size' must be positive, got {num_masks} and {chunk_size}")
         self.classifier = classifier
         self.settings = {
             "num_masks": int(num_masks),
@@ -441,7 +441,7 @@ class RISE:
         expected = {**self.settings, "input_size": list(input_size)}
         found = {key: stored.get(key) for key in expected}
         if found != expected or "masks" not in stored:
-            raise ValueError(
+            raise UserValueError(
                 f"RISE mask file {self.mask_path!r} holds masks for {found}, but {expected} are asked for; "
                 "delete it or pass another mask path"
             )
@@ -503,7 +503,7 @@ class PackageCAM:
         self, classifier: NormalizedClassifier, method: str, batch_size: int = 64, layer_resolution: bool = True
     ) -> None:
         if method not in PACKAGE_METHODS:
-            raise ValueError(f"unknown pytorch-grad-cam method {method!r}; valid: {', '.join(PACKAGE_METHODS)}")
+            raise UserValueError(f"unknown pytorch-grad-cam method {method!r}; valid: {', '.join(PACKAGE_METHODS)}")
         import pytorch_grad_cam
 
         self.classifier = classifier
@@ -581,9 +581,9 @@ def build_explainer(name: str, classifier: NormalizedClassifier, **options):
         ValueError: an unknown name (the message lists the valid ones).
     """
     if name not in BASELINES:
-        raise ValueError(f"unknown method {name!r}; valid: {', '.join(BASELINES)}")
+        raise UserValueError(f"unknown method {name!r}; valid: {', '.join(BASELINES)}")
     if not isinstance(classifier, NormalizedClassifier):
-        raise TypeError(
+        raise UserTypeError(
             f"'classifier' must be a NormalizedClassifier (use NormalizedClassifier.from_torchvision or "
             f".from_lcam), got {type(classifier).__name__}"
         )

@@ -13,6 +13,7 @@ from models import ARCH_CHOICES, GENERIC, build_model
 from models.generic import AS_BUILT
 from models.lcam import LCAM, LCAMOutput
 from utils.core.checkpoint import FORMAT, find_newest_checkpoint, load_checkpoint, read_torch_file
+from utils.core.errors import UserFileNotFoundError, UserTypeError, UserValueError
 from utils.core.runtime import compile_function
 from utils.explainers.protocol import Classifier
 
@@ -31,7 +32,7 @@ class LCAMExplainer:
 
     def __init__(self, model: LCAM, compile: bool | str | None = None) -> None:
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"'model' must be an L-CAM torch.nn.Module, got {type(model).__name__}")
+            raise UserTypeError(f"'model' must be an L-CAM torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self._forward = compile_function(model, compile)
         self._plain_logits = compile_function(self._plain_pass, compile)
@@ -83,21 +84,23 @@ def resolve_checkpoint(restore_from: str | None, snapshot_dir: str | None, resum
         if os.path.isdir(restore_from):
             newest = find_newest_checkpoint(restore_from)
             if newest is None:
-                raise FileNotFoundError(f"--restore_from {restore_from!r}: no .pth.tar checkpoint in that directory")
+                raise UserFileNotFoundError(
+                    f"--restore_from {restore_from!r}: no .pth.tar checkpoint in that directory"
+                )
             return newest
         if not os.path.isfile(restore_from):
-            raise FileNotFoundError(f"--restore_from {restore_from!r}: checkpoint file not found")
+            raise UserFileNotFoundError(f"--restore_from {restore_from!r}: checkpoint file not found")
         return os.fspath(restore_from)
     if not resume:
-        raise FileNotFoundError("no checkpoint to evaluate: --resume False and no --restore_from given")
+        raise UserFileNotFoundError("no checkpoint to evaluate: --resume False and no --restore_from given")
     if not snapshot_dir or not os.path.isdir(snapshot_dir):
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"no checkpoint to evaluate: --snapshot_dir {snapshot_dir!r} does not exist; "
             "give --restore_from FILE or the --snapshot_dir of a training run"
         )
     newest = find_newest_checkpoint(snapshot_dir)
     if newest is None:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"no checkpoint to evaluate: no .pth.tar in --snapshot_dir {snapshot_dir!r}; give --restore_from FILE"
         )
     return newest
@@ -142,18 +145,18 @@ def load_lcam_model(
             or not an L-CAM checkpoint.
     """
     if arch not in ARCH_CHOICES:
-        raise ValueError(f"unknown --arch {arch!r}; valid: {', '.join(ARCH_CHOICES)}")
+        raise UserValueError(f"unknown --arch {arch!r}; valid: {', '.join(ARCH_CHOICES)}")
     path = os.fspath(checkpoint)
     if os.path.isdir(path):
         path = resolve_checkpoint(path, None)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path!r}")
+        raise UserFileNotFoundError(f"checkpoint not found: {path!r}")
     header = read_torch_file(path, mmap=True)  # memory-mapped: cheap for big files
     if not isinstance(header, dict):
-        raise ValueError(f"{path}: not a checkpoint (a {type(header).__name__}, expected a dict)")
+        raise UserValueError(f"{path}: not a checkpoint (a {type(header).__name__}, expected a dict)")
     recorded_arch = header.get("arch")
     if recorded_arch in ARCH_CHOICES and recorded_arch != arch:
-        raise ValueError(f"{path}: checkpoint of arch {recorded_arch!r}, but --arch is {arch!r}")
+        raise UserValueError(f"{path}: checkpoint of arch {recorded_arch!r}, but --arch is {arch!r}")
     settings: dict[str, Any] = {}
     if header.get("format") == FORMAT:
         stored_classes = int(header["num_classes"])
@@ -164,15 +167,15 @@ def load_lcam_model(
         settings = {key: stored[key] for key in keys if key in stored}
         recorded_weights = header.get("backbone_weights", "unknown")
     elif arch == GENERIC:
-        raise ValueError(f"{path}: a generic L-CAM model is restored from the project's checkpoints only")
+        raise UserValueError(f"{path}: a generic L-CAM model is restored from the project's checkpoints only")
     else:
         state_dict = header.get("state_dict", header)
         weight = next((value for key, value in state_dict.items() if key.endswith("attnM.op.weight")), None)
         if not torch.is_tensor(weight):
-            raise ValueError(f"{path}: not an L-CAM checkpoint (no 'attnM.op.weight' in its state_dict)")
+            raise UserValueError(f"{path}: not an L-CAM checkpoint (no 'attnM.op.weight' in its state_dict)")
         stored_classes, full, recorded_weights = int(weight.shape[0]), True, None
     if num_classes is not None and num_classes != stored_classes:
-        raise ValueError(f"{path}: checkpoint has {stored_classes} classes, but --num_classes is {num_classes}")
+        raise UserValueError(f"{path}: checkpoint has {stored_classes} classes, but --num_classes is {num_classes}")
     if full:
         pretrained: bool | str | None = False  # the checkpoint overwrites every backbone weight
     elif backbone_weights is not None:

@@ -22,7 +22,7 @@ from utils.core.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from utils.core.errors import UserError, UserFileNotFoundError, abbreviate
+from utils.core.errors import UserError, UserFileNotFoundError, UserValueError, abbreviate
 from utils.core.runtime import DistributedContext
 from utils.training.log import CSV_NAME, LOG_NAME, logged_epochs
 
@@ -235,7 +235,7 @@ def resume_training(
         return TrainState(epoch=epoch + 1, global_counter=counter), metadata
     saved = (progress.get("batch_size"), progress.get("world_size"))
     if saved != (batch_size, dist.world_size):
-        raise ValueError(
+        raise UserValueError(
             f"{metadata['path']}: saved mid-epoch with batch_size {saved[0]} on {saved[1]} process(es); resume it with "
             f"the same (got {batch_size} on {dist.world_size}) or from an end-of-epoch checkpoint"
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from utils.core.errors import UserValueError
+
 __all__ = ["DECAY_FACTOR", "LAST_DECAY_EPOCH", "adjust_lr", "build_optimizer", "lr_at_epoch", "trainable_lrs"]
 
 WEIGHT_LR_SCALE = 100.0
@@ -30,10 +32,10 @@ def build_optimizer(model: nn.Module, lr: float = 1e-4, fused: bool | None = Non
     also lets the grad scaler skip a host sync per step); ``None`` lets PyTorch choose.
     """
     if lr <= 0:
-        raise ValueError(f"'lr' must be positive, got {lr!r}")
+        raise UserValueError(f"'lr' must be positive, got {lr!r}")
     named = list(model.named_parameters())
     if not any(parameter.requires_grad for _, parameter in named):
-        raise ValueError("the model has no trainable parameter")
+        raise UserValueError("the model has no trainable parameter")
     scales = (1.0, 2.0, WEIGHT_LR_SCALE, BIAS_LR_SCALE)
     members = (
         [],
@@ -54,7 +56,7 @@ def trainable_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
 def lr_at_epoch(initial_lr: float, epoch: int) -> float:
     """``initial_lr * 0.75 ** min(epoch, 22)``: the lr in force during ``epoch`` (0-based)."""
     if epoch < 0:
-        raise ValueError(f"'epoch' must be >= 0, got {epoch!r}")
+        raise UserValueError(f"'epoch' must be >= 0, got {epoch!r}")
     return initial_lr * DECAY_FACTOR ** min(epoch, LAST_DECAY_EPOCH)
 
 
