@@ -1,0 +1,189 @@
+"""The training recipes (utils/training/recipe.py), the head's start from the classifier
+(models/generic.py) and the held-out check of training (utils/training/validation.py)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import train_L_CAM
+from models.generic import GenericLCAM, classifier_head, init_head_from_classifier
+from tests.test_generic import small_sequential_cnn
+from utils.training import (
+    RECIPES,
+    BestTracker,
+    OptimizerStep,
+    StepSchedule,
+    build_optimizer,
+    build_recipe_optimizer,
+    regularizer_weight,
+)
+from utils.training.validation import BEST_NAME, CURVES_NAME
+
+TINY = ["--backbone_weights", "none", "--num_classes", "5", "--input_size", "40", "--crop_size", "32"]
+TINY += ["--batch_size", "4", "--num_workers", "0", "--device", "cpu", "--no_progress"]
+
+
+def _generic(num_classes: int = 4) -> GenericLCAM:
+    torch.manual_seed(0)
+    return GenericLCAM(small_sequential_cnn(num_classes), input_size=32, mask_loss_maps="own")
+
+
+def test_head_from_classifier_gives_the_classifiers_cam():
+    model = _generic()
+    layer = init_head_from_classifier(model)
+    fc = model.network[-1]
+    assert layer is fc
+    assert torch.equal(model.attnM.op.weight.flatten(1), fc.weight) and torch.equal(model.attnM.op.bias, fc.bias)
+    images = torch.rand(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        feature_maps = model.feature_maps(model.normalize(images))
+        cams = model(images).cams
+        expected = torch.einsum("kc,nchw->nkhw", fc.weight, feature_maps) + fc.bias.view(1, -1, 1, 1)
+        torch.testing.assert_close(cams, expected)
+        # the spatial mean of the CAM is the classifier's logit
+        torch.testing.assert_close(cams.mean(dim=(2, 3)), model(images).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_head_init_scale_and_errors():
+    model = _generic()
+    init_head_from_classifier(model, scale=0.1)
+    torch.testing.assert_close(model.attnM.op.weight.flatten(1), 0.1 * model.network[-1].weight)
+    with pytest.raises(ValueError, match="'scale' must be positive, got 0"):
+        init_head_from_classifier(model, scale=0)
+
+    class TwoLayerHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU())
+            self.hidden = nn.Linear(6, 6)
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.hidden(self.features(x).mean(dim=(2, 3)))))
+
+    other = GenericLCAM(TwoLayerHead(), input_size=16)
+    assert classifier_head(other) is None
+    with pytest.raises(ValueError, match="does not end with global average pooling and one linear layer"):
+        init_head_from_classifier(other)
+
+
+def test_warmup_weights_per_step():
+    assert [regularizer_weight(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert regularizer_weight(0, 0) == 1.0
+
+
+def test_warmup_scales_only_area_and_smoothness_in_the_step():
+    model = _generic()
+    images, labels = torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    _, terms = OptimizerStep(model, optimizer)(images, labels, regularizer_weight=0.25)
+    expected = terms["ce"] + 0.25 * (terms["area"] + terms["smoothness"])
+    torch.testing.assert_close(terms["loss"], expected)
+    _, full = OptimizerStep(model, optimizer)(images, labels)
+    torch.testing.assert_close(full["loss"], full["ce"] + full["area"] + full["smoothness"])
+
+
+def test_cosine_schedule_by_steps():
+    model = _generic()
+    optimizer = build_recipe_optimizer(model, "adamw", 1e-3)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["weight_decay"] == 0.0
+    schedule = StepSchedule(10)
+    lrs = []
+    for step in (0, 5, 10, 12):
+        schedule(optimizer, step)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-3) and lrs[1] == pytest.approx(5e-4) and lrs[2] == lrs[3] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="'total_steps' must be >= 1"):
+        StepSchedule(0)
+
+
+def test_reference_optimizer_is_the_authors():
+    model = _generic()
+    ours = build_recipe_optimizer(model, "sgd-reference", 1e-4)
+    reference = build_optimizer(model, 1e-4)
+    assert ours.state_dict() == reference.state_dict()
+    with pytest.raises(ValueError, match="weight decay 5e-4"):
+        build_recipe_optimizer(model, "sgd-reference", 1e-4, weight_decay=0.01)
+    with pytest.raises(ValueError, match="'optimizer' must be one of sgd-reference, adamw"):
+        build_recipe_optimizer(model, "adam", 1e-4)
+
+
+def _resolved(*argv):
+    return train_L_CAM.resolve_defaults(train_L_CAM.get_args_parser().parse_args(["--train_list", "x", *argv]))
+
+
+def test_recipe_defaults_per_arch_and_overrides():
+    reference = _resolved("--arch", "VGG16_L_CAM_Img")
+    assert reference.recipe == "reference"
+    assert (reference.optimizer, reference.lr, reference.lr_schedule, reference.warmup_steps) == (
+        "sgd-reference",
+        1e-4,
+        "epoch-decay",
+        0,
+    )
+    assert (reference.head_init, reference.mask_loss_maps, reference.backbone_mode) == ("random", "batch", "reference")
+    generic = _resolved("--arch", "generic")
+    assert generic.recipe == "small-data"
+    for name, value in RECIPES["small-data"].as_dict().items():
+        assert getattr(generic, name) == value, name
+    assert (generic.head_init, generic.mask_loss_maps, generic.backbone_mode) == ("classifier", "own", "frozen")
+    overridden = _resolved("--arch", "generic", "--lr", "0.01", "--head_init", "random", "--warmup_steps", "0")
+    assert (overridden.lr, overridden.head_init, overridden.warmup_steps, overridden.optimizer) == (
+        0.01,
+        "random",
+        0,
+        "adamw",
+    )
+    small_vgg = _resolved("--arch", "VGG16_L_CAM_Img", "--recipe", "small-data", "--mask_loss_maps", "batch")
+    assert (small_vgg.optimizer, small_vgg.mask_loss_maps) == ("adamw", "batch")
+    with pytest.raises(ValueError, match="'--weight_decay' 0.01 needs '--optimizer adamw'"):
+        _resolved("--arch", "VGG16_L_CAM_Img", "--weight_decay", "0.01")
+    with pytest.raises(ValueError, match="'--warmup_steps' must be >= 0, got -1"):
+        _resolved("--arch", "generic", "--warmup_steps", "-1")
+
+
+def test_best_tracker_and_plateau():
+    tracker = BestTracker("ad", plateau_epochs=2)
+    assert tracker.update({"val_ad": 5.0, "val_masked_accuracy": 80.0})
+    assert not tracker.update({"val_ad": 6.0, "val_masked_accuracy": 80.0})
+    assert tracker.plateau_message() is None
+    assert tracker.update({"val_ad": 4.0, "val_masked_accuracy": 79.0})
+    message = tracker.plateau_message()
+    assert "not improved for 2 epochs" in message and "docs/small-data.md" in message
+    assert tracker.plateau_message() is None  # one line only
+    resumed = BestTracker("ic", 2, [{"val_ic": 3.0, "val_masked_accuracy": 50.0}])
+    assert not resumed.update({"val_ic": 2.0}) and resumed.update({"val_ic": 3.5})
+    with pytest.raises(ValueError, match="'best_by' must be one of masked_accuracy, ad, ic, loss"):
+        BestTracker("top1")
+
+
+def test_generic_run_with_val_list_reports_keeps_best_and_plots(jpeg_tree, tmp_path, capsys, one_thread):
+    root, datalist, _ = jpeg_tree()
+    snapshot = tmp_path / "snap"
+    argv = ["--arch", "generic", "--backbone", "tests.test_generic:small_sequential_cnn", "--train_list", str(datalist)]
+    argv += ["--img_dir", str(root), "--val_list", str(datalist), "--snapshot_dir", str(snapshot), *TINY]
+    argv += ["--epoch", "2", "--plateau_epochs", "1", "--best_by", "ic"]
+    summaries = train_L_CAM.main(train_L_CAM.get_args_parser().parse_args(argv))
+    assert len(summaries) == 2
+    for summary in summaries:
+        for key in ("val_masked_accuracy", "val_ad", "val_ic", "val_loss", "val_ce", "val_area", "val_smoothness"):
+            assert math.isfinite(summary[key]), key
+    assert (snapshot / BEST_NAME).is_file() and (snapshot / CURVES_NAME).stat().st_size > 0
+    with open(snapshot / "train_record.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and float(rows[1]["val_ic"]) == pytest.approx(summaries[1]["val_ic"], abs=1e-4)
+    from utils.core.checkpoint import find_newest_checkpoint
+
+    assert os.path.basename(find_newest_checkpoint(str(snapshot))).startswith("lcam_epoch_1_")
+    captured = capsys.readouterr()
+    assert "held-out: masked_accuracy" in captured.out
+    # the custom CNN ends with pooling and one linear layer: the recipe started from it
+    checkpoint = torch.load(next(snapshot.glob("lcam_epoch_0_*.pth.tar")), weights_only=True)
+    assert checkpoint["args"]["head_init"] == "classifier" and checkpoint["args"]["optimizer"] == "adamw"
