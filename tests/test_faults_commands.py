@@ -25,7 +25,7 @@ from scripts import compare, explain, make_datalist
 from scripts import evaluate as evaluate_script
 from utils.core.checkpoint import make_checkpoint, save_checkpoint
 from utils.core.cli import REPO_ROOT, run_cli
-from utils.evaluation import explanations
+from utils.evaluation import comparison, explanations
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -231,7 +231,7 @@ def test_compare_unwritable_output_dir_fails_before_any_model(tmp_path, monkeypa
 
 def test_compare_writes_its_table_after_each_method(checkpoint, images, tmp_path, monkeypatch, capsys):
     img_dir, datalist = images
-    real_evaluate, calls = compare.evaluate, []
+    real_evaluate, calls = comparison.evaluate, []
 
     def interrupted_at_the_second_method(*args, **kwargs):
         calls.append(kwargs["description"])
@@ -239,7 +239,7 @@ def test_compare_writes_its_table_after_each_method(checkpoint, images, tmp_path
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(compare, "evaluate", interrupted_at_the_second_method)
+    monkeypatch.setattr(comparison, "evaluate", interrupted_at_the_second_method)
     output = tmp_path / "cmp"
     argv = ["--lcam", f"generic={checkpoint}", "--lcam", f"generic={checkpoint}", "--methods", ""]
     argv += ["--test_list", str(datalist), "--img_dir", str(img_dir), "--skip_missing", "--no_progress"]
