@@ -425,7 +425,10 @@ def fit(
     ``model.train()`` (the model's ``backbone_mode`` decides what that means). After each
     epoch the main process writes a checkpoint (:class:`utils.training.CheckpointWriter`,
     see :class:`TrainOptions`), a row of ``train_record.csv`` and the JSON log, and lists
-    the images that could not be read.
+    the images that could not be read. With ``options.validate``, the held-out scores join
+    the summary, the best epoch by ``options.best_by`` is copied to ``lcam_best.pth.tar``,
+    ``train_curves.png`` is redrawn and a plateau of the masked-image accuracy is warned
+    about once (see :mod:`utils.training.validation`).
 
     Returns:
         The summaries of the epochs this call completed.
