@@ -356,11 +356,13 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.optimizer == "sgd-reference" and args.weight_decay != RECIPES["reference"].weight_decay:
-        raise ValueError(f"'--weight_decay' {args.weight_decay} needs '--optimizer adamw' (sgd-reference has 5e-4)")
+        raise UserValueError(f"'--weight_decay' {args.weight_decay} needs '--optimizer adamw' (sgd-reference has 5e-4)")
     if args.lr <= 0 or args.head_init_scale <= 0:
-        raise ValueError(f"'--lr' and '--head_init_scale' must be positive, got {args.lr} and {args.head_init_scale}")
+        raise UserValueError(
+            f"'--lr' and '--head_init_scale' must be positive, got {args.lr} and {args.head_init_scale}"
+        )
     if args.weight_decay < 0:
-        raise ValueError(f"'--weight_decay' must be >= 0, got {args.weight_decay}")
+        raise UserValueError(f"'--weight_decay' must be >= 0, got {args.weight_decay}")
     if args.val_img_dir is None:
         args.val_img_dir = args.img_dir
     for flag in ("batch_size", "input_size", "crop_size", "epoch", "disp_interval", "num_classes"):

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from utils.core.checkpoint import _unwrap
+from utils.core.errors import UserValueError
 from utils.evaluation.protocol import evaluate
 from utils.explainers.lcam import LCAMExplainer, lcam_classifier
 
@@ -99,7 +100,7 @@ class HeldOutCheck:
                 hits += int((out.logits.argmax(dim=1) == labels).sum())
                 count += len(labels)
         if count == 0:
-            raise ValueError("the held-out loader gave no readable image")
+            raise UserValueError("the held-out loader gave no readable image")
         scores = {f"val_{name}": value / count for name, value in sums.items()}
         scores["val_masked_accuracy"] = 100.0 * hits / count
         return scores
@@ -117,9 +118,9 @@ class BestTracker:
 
     def __init__(self, best_by: str, plateau_epochs: int = 3, earlier: Sequence[dict[str, Any]] = ()) -> None:
         if best_by not in BEST_BY:
-            raise ValueError(f"'best_by' must be one of {', '.join(BEST_BY)}, got {best_by!r}")
+            raise UserValueError(f"'best_by' must be one of {', '.join(BEST_BY)}, got {best_by!r}")
         if plateau_epochs < 0:
-            raise ValueError(f"'plateau_epochs' must be >= 0, got {plateau_epochs!r}")
+            raise UserValueError(f"'plateau_epochs' must be >= 0, got {plateau_epochs!r}")
         self.key, self.higher_is_better = BEST_BY[best_by]
         self.plateau_epochs = plateau_epochs
         self.best: float | None = None
