@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from bench import bench_lcam
+from utils.core.cli import add_device_arguments, add_precision_arguments, positive_int
 from utils.core.files import write_json
 from utils.core.runtime import resolve_device
 from utils.data.datalists import ImageList, build_loader, eval_transform
@@ -27,14 +28,11 @@ from utils.data.device_decode import DeviceDecoder, EncodedImageList, collate_en
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
-    parser.add_argument("--images", type=int, default=256, help="synthetic JPEGs to decode")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), add_help=add_help)
+    parser.add_argument("--images", type=positive_int, default=256, help="synthetic JPEGs to decode")
+    add_device_arguments(parser, 64)
     parser.add_argument("--arch", default="ResNet50_L_CAM_Fm", help="variant whose training step is the yardstick")
-    parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
-    parser.add_argument("--channels_last", action="store_true", help="channels_last training step")
+    add_precision_arguments(parser, amp_help="autocast the training step")
     parser.add_argument("--output", default="", help="also write the figures to this JSON file")
     return parser
 

@@ -30,6 +30,7 @@ import torch
 
 from models import BackboneFamily, archs_of, build_model, get_family, variant_builder
 from models.generic import DEFAULT_BACKBONE
+from utils.core.cli import add_precision_arguments, non_negative_int, positive_int
 from utils.core.errors import UserError, UserValueError
 from utils.core.files import atomic_open, write_json
 from utils.core.runtime import add_compile_argument, autocast, compile_function, configure_backends, resolve_device
@@ -51,7 +52,7 @@ TARGETS = {
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), add_help=add_help)
     parser.add_argument(
         "--families",
         default="vgg16,resnet50",
@@ -59,15 +60,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         f"'package.module:callable'; generic alone: {DEFAULT_BACKBONE})",
     )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--batch_size", type=int, default=128, help="batch for forward, explanation, evaluation")
-    parser.add_argument("--train_batch_size", type=int, default=64, help="batch for the training steps")
-    parser.add_argument("--size", type=int, default=224, help="input side in pixels")
-    parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="autocast dtype")
-    parser.add_argument("--channels_last", action="store_true", help="channels_last models and inputs")
+    parser.add_argument(
+        "--batch_size", type=positive_int, default=128, help="batch for forward, explanation, evaluation"
+    )
+    parser.add_argument("--train_batch_size", type=positive_int, default=64, help="batch for the training steps")
+    parser.add_argument("--size", type=positive_int, default=224, help="input side in pixels")
+    add_precision_arguments(parser, amp_help="autocast dtype")
     add_compile_argument(parser)
     parser.add_argument("--backbone_mode", default="reference", choices=("reference", "frozen"))
-    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
-    parser.add_argument("--iters", type=int, default=10, help="timed iterations")
+    parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed iterations first")
+    parser.add_argument("--iters", type=positive_int, default=10, help="timed iterations")
     parser.add_argument("--baselines", default="gradcam,gradcampp", help="comma-separated baseline names ('' for none)")
     parser.add_argument("--baseline_iters", type=int, default=2, help="timed iterations of each baseline")
     parser.add_argument("--rise_masks", type=int, default=512, help="RISE masks when 'rise' is benchmarked")

@@ -23,7 +23,15 @@ from typing import Any
 import torch
 
 from models import ARCH_CHOICES, BackboneFamily, families, get_family
-from utils.core.cli import HelpFormatter, run_cli
+from utils.core.cli import (
+    HelpFormatter,
+    add_device_arguments,
+    add_image_size_arguments,
+    add_subset_arguments,
+    check_image_sizes,
+    positive_int,
+    run_cli,
+)
 from utils.core.errors import UserValueError, closest_names
 from utils.core.files import ensure_writable, write_json
 from utils.core.runtime import AMP_CHOICES, resolve_device, seed_everything
@@ -103,27 +111,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "replaces the backbone of the --lcam checkpoints of that family for the baselines; repeatable (a generic "
         "checkpoint's baselines explain its own network)",
     )
-    what.add_argument("--num_classes", type=int, default=None, help="classes [the checkpoints'; 1000 for --classifier]")
+    what.add_argument(
+        "--num_classes", type=positive_int, default=None, help="classes [the checkpoints'; 1000 for --classifier]"
+    )
 
     data = parser.add_argument_group("data and protocol")
     data.add_argument(
         "--test_list", required=True, help="datalist ('<path> <label>' lines) or a folder of class folders"
     )
     data.add_argument("--img_dir", default="", help="directory the datalist's paths are relative to")
-    data.add_argument("--input_size", type=int, default=256, help="Resize of the smaller edge")
-    data.add_argument("--crop_size", type=int, default=224, help="CenterCrop")
+    add_image_size_arguments(data)
     data.add_argument("--percentages", default="0,0.5,0.85", help="fractions of pixels dropped (0 keeps 100 %%)")
-    data.add_argument("--limit", type=int, default=None, help="use only the first N images of the list")
-    data.add_argument(
-        "--skip_missing",
-        action="store_true",
-        help="compare without the listed images that do not exist (one warning); by default they stop the run",
-    )
+    add_subset_arguments(data)
 
     methods = parser.add_argument_group("method settings")
     methods.add_argument(
         "--rise_masks",
-        type=int,
+        type=positive_int,
         default=None,
         help="RISE masks N [the family's: " + ", ".join(f"{f.rise_masks} {f.title}" for f in families()) + "]",
     )
@@ -131,19 +135,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--rise_mask_dir", default=None, help="where RISE masks are cached and reused [OUTPUT_DIR/rise_masks]"
     )
     methods.add_argument("--seed", type=int, default=0, help="seed of the RISE masks and of ROAD's noise")
-    methods.add_argument("--chunk_size", type=int, default=128, help="masked images per forward (Score-CAM, RISE)")
+    methods.add_argument(
+        "--chunk_size", type=positive_int, default=128, help="masked images per forward (Score-CAM, RISE)"
+    )
     methods.add_argument("--road", action="store_true", help="also ROAD (MoRF, LeRF, combined; slow: sparse solves)")
-    methods.add_argument("--road_limit", type=int, default=32, help="images used for ROAD")
+    methods.add_argument("--road_limit", type=positive_int, default=32, help="images used for ROAD")
     methods.add_argument(
         "--road_percentiles", default="10,20,30,40,50,60,70,80,90", help="ROAD's removal percentiles, averaged"
     )
 
     output = parser.add_argument_group("output and speed")
     output.add_argument("--output_dir", default="runs/compare", help="tables, figures and per-method results")
-    output.add_argument("--figure_images", type=int, default=4, help="rows of the qualitative figure")
-    output.add_argument("--batch_size", type=int, default=16, help="images per batch")
-    output.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
-    output.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    output.add_argument("--figure_images", type=positive_int, default=4, help="rows of the qualitative figure")
+    add_device_arguments(output, 16)
     output.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast the forward passes")
     output.add_argument("--no_progress", action="store_true", help="no progress bars")
     return parser
@@ -154,14 +158,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
         percentages = parse_percentages(args.percentages)
     except ValueError as error:
         parser.error(f"--percentages: {error}")
-    for name in ("batch_size", "input_size", "crop_size", "chunk_size", "figure_images", "road_limit"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    for name in ("limit", "rise_masks", "num_classes"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.crop_size > args.input_size:
-        parser.error(f"--crop_size {args.crop_size} is larger than --input_size {args.input_size}")
+    check_image_sizes(parser, args)
     try:
         args.road_percentile_list = [float(text) for text in args.road_percentiles.split(",") if text.strip()]
     except ValueError:

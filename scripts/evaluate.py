@@ -15,11 +15,21 @@ from typing import Any
 import torch
 
 from models import ARCH_CHOICES
-from utils.core.cli import REPO_ROOT, HelpFormatter, run_cli
+from utils.core.cli import (
+    REPO_ROOT,
+    HelpFormatter,
+    add_device_arguments,
+    add_image_size_arguments,
+    add_precision_arguments,
+    add_subset_arguments,
+    check_image_sizes,
+    non_negative_int,
+    positive_int,
+    run_cli,
+)
 from utils.core.errors import UserFileNotFoundError
 from utils.core.files import ensure_writable
 from utils.core.runtime import (
-    AMP_CHOICES,
     add_compile_argument,
     add_deterministic_argument,
     configure_backends,
@@ -95,7 +105,10 @@ def get_args_parser(
         "--arch", default=arch, choices=ARCH_CHOICES, metavar="ARCH", help=f"variant: {', '.join(ARCH_CHOICES)}"
     )
     protocol.add_argument(
-        "--num_classes", type=int, default=None, help="classes of the model [the checkpoint's; the reference: 1000]"
+        "--num_classes",
+        type=positive_int,
+        default=None,
+        help="classes of the model [the checkpoint's; the reference: 1000]",
     )
     protocol.add_argument(
         "--backbone_weights",
@@ -111,21 +124,12 @@ def get_args_parser(
     protocol.add_argument(
         "--percentages", default=None, help="several percentages in one pass sharing the plain forward, e.g. 0,0.5,0.85"
     )
-    protocol.add_argument("--input_size", type=int, default=256, help="Resize of the smaller edge")
-    protocol.add_argument("--crop_size", type=int, default=224, help="CenterCrop")
-    protocol.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the list")
-    protocol.add_argument(
-        "--skip_missing",
-        action="store_true",
-        help="evaluate without the listed images that do not exist (one warning); by default they stop the run",
-    )
+    add_image_size_arguments(protocol)
+    add_subset_arguments(protocol)
 
     speed = parser.add_argument_group("speed")
-    speed.add_argument("--batch_size", type=int, default=64, help="images per batch (the reference: 1; same numbers)")
-    speed.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
-    speed.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    speed.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast the forward passes")
-    speed.add_argument("--channels_last", action="store_true", help="channels_last memory format")
+    add_device_arguments(speed, 64, "images per batch (the reference: 1; same numbers)")
+    add_precision_arguments(speed)
     add_compile_argument(speed)
     add_deterministic_argument(speed)
     speed.add_argument(
@@ -136,7 +140,7 @@ def get_args_parser(
         "workers, decode JPEGs (nvJPEG on CUDA), resize and crop on --device (faster, not bit-identical)",
     )
     speed.add_argument(
-        "--disp_interval", type=int, default=40, help="show the running AD/IC every N batches (0: never)"
+        "--disp_interval", type=non_negative_int, default=40, help="show the running AD/IC every N batches (0: never)"
     )
     ignored = parser.add_argument_group("reference flags, accepted and ignored (so its command lines run)")
     ignored.add_argument("--dataset", default="imagenet", help="ignored")
@@ -158,15 +162,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
             percentages = parse_percentages([percentage])
     except ValueError as error:
         parser.error(f"--percentage(s): {error}")
-    for name in ("batch_size", "input_size", "crop_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.crop_size > args.input_size:
-        parser.error(f"--crop_size {args.crop_size} is larger than --input_size {args.input_size}")
-    if args.limit is not None and args.limit < 1:
-        parser.error(f"--limit must be >= 1, got {args.limit}")
-    if args.num_workers < 0:
-        parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
+    check_image_sizes(parser, args)
     return percentages
 
 

@@ -11,7 +11,17 @@ import argparse
 import os
 
 from models import ARCH_CHOICES
-from utils.core.cli import REPO_ROOT, HelpFormatter, run_cli
+from utils.core.cli import (
+    REPO_ROOT,
+    HelpFormatter,
+    add_device_arguments,
+    add_image_size_arguments,
+    add_subset_arguments,
+    check_image_sizes,
+    non_negative_int,
+    positive_int,
+    run_cli,
+)
 from utils.core.files import ensure_writable
 from utils.core.runtime import AMP_CHOICES, resolve_device
 from utils.data.datalists import check_images_exist
@@ -42,28 +52,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--restore_from", default="", help="checkpoint file (or folder) [the newest in --snapshot_dir]")
     parser.add_argument("--snapshot_dir", default=None, help="training run folder [ROOT/snapshots/ARCH]")
     parser.add_argument("--root_dir", default=REPO_ROOT, help="project root for the default paths")
-    parser.add_argument("--num_classes", type=int, default=None, help="classes of the model [the checkpoint's]")
+    parser.add_argument(
+        "--num_classes", type=positive_int, default=None, help="classes of the model [the checkpoint's]"
+    )
     parser.add_argument(
         "--backbone_weights", default=None, help="for head-only checkpoints: weights name, path or 'none' [recorded]"
     )
-    parser.add_argument("--topk", type=int, default=3, help="explain the k most probable classes")
+    parser.add_argument("--topk", type=positive_int, default=3, help="explain the k most probable classes")
     parser.add_argument("--classes", default=None, help="explain these class indices instead, e.g. 1,2 [the top-k]")
-    parser.add_argument("--grid", type=int, default=0, help="also save a grid of the N most probable classes (0: no)")
+    parser.add_argument(
+        "--grid", type=non_negative_int, default=0, help="also save a grid of the N most probable classes (0: no)"
+    )
     parser.add_argument("--class_names", default=None, help="file with one class name per line [ImageNet's for 1000]")
     parser.add_argument("--output_dir", default=None, help="where the PNGs go [ROOT/runs/explain]")
-    parser.add_argument("--input_size", type=int, default=256, help="Resize of the smaller edge")
-    parser.add_argument("--crop_size", type=int, default=224, help="CenterCrop (the overlays' size)")
+    add_image_size_arguments(parser, crop="CenterCrop (the overlays' size)")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     parser.add_argument("--colormap", default="jet", help="matplotlib colormap")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
-    parser.add_argument(
-        "--skip_missing",
-        action="store_true",
-        help="go on without the listed images that do not exist (one warning); by default they stop the run",
-    )
-    parser.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
-    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
+    add_subset_arguments(parser)
+    add_device_arguments(parser, 16, "images per forward pass", num_workers=0)
     parser.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast the forward pass")
     return parser
 
@@ -77,11 +83,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
             classes = [int(field) for field in args.classes.split(",") if field.strip()]
         except ValueError:
             parser.error(f"--classes must be comma-separated class indices, got {args.classes!r}")
-    for name in ("topk", "batch_size", "input_size", "crop_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.limit is not None and args.limit < 1:
-        parser.error(f"--limit must be >= 1, got {args.limit}")
+    check_image_sizes(parser, args)
     snapshot_dir = args.snapshot_dir or os.path.join(args.root_dir, "snapshots", args.arch)
     output_dir = args.output_dir or os.path.join(args.root_dir, "runs", "explain")
     ensure_writable(output_dir, "--output_dir", is_folder=True)

@@ -32,10 +32,20 @@ from tqdm import tqdm
 
 from models import BackboneFamily, families, get_family
 from models.backbones import load_torchvision_classifier
-from utils.core.cli import REPO_ROOT, HelpFormatter, non_negative_int, positive_float, run_cli
+from utils.core.cli import (
+    REPO_ROOT,
+    HelpFormatter,
+    add_device_arguments,
+    add_image_size_arguments,
+    add_precision_arguments,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 from utils.core.errors import UserFileNotFoundError, UserValueError
 from utils.core.files import atomic_open, ensure_writable
-from utils.core.runtime import AMP_CHOICES, autocast, resolve_device, seed_everything
+from utils.core.runtime import autocast, resolve_device, seed_everything
 from utils.data.authors import AUTHORS_LISTS, AUTHORS_URL_BASES, fetch_authors_lists, parse_sha256
 from utils.data.datalists import (
     IMAGE_EXTENSIONS,
@@ -310,14 +320,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default="IMAGENET1K_V1",
         help="torchvision weights name, a path to a torchvision state_dict, or 'none' (random, for tests)",
     )
-    train.add_argument("--num_classes", type=int, default=1000, help="classes of the classifier")
-    train.add_argument("--input_size", type=int, default=256, help="Resize (smaller edge)")
-    train.add_argument("--crop_size", type=int, default=224, help="CenterCrop")
-    train.add_argument("--batch_size", type=int, default=128, help="images per forward pass")
-    train.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    train.add_argument("--amp", choices=AMP_CHOICES, default="none", help="mixed precision")
-    train.add_argument("--channels_last", action="store_true", help="channels_last memory format")
+    train.add_argument("--num_classes", type=positive_int, default=1000, help="classes of the classifier")
+    add_image_size_arguments(train)
+    add_device_arguments(train, 128, "images per forward pass")
+    add_precision_arguments(train, amp_help="mixed precision")
     train.add_argument("--seed", type=int, default=0, help="seed (random weights only)")
 
     val = commands.add_parser(
@@ -338,13 +344,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     val.add_argument(
         "--synsets", default=None, help="with devkit ids: '<wnid> <ILSVRC2012_ID> [name]' lines (map_clsloc.txt)"
     )
-    val.add_argument("--num_images", type=int, default=2000, help="images to sample")
+    val.add_argument("--num_images", type=positive_int, default=2000, help="images to sample")
     val.add_argument("--seed", type=int, default=0, help="sampling seed")
     val.add_argument(
         "--exclude", action="append", help="leave out the images whose file name is in this datalist (repeatable)"
     )
     val.add_argument("--num_classes", type=int, default=1000, help="labels must be in [0, num_classes)")
-    val.add_argument("--output", default=os.path.join(ROOT_DIR, "datalist", "ILSVRC", "Evaluation_2000.txt"))
+    val.add_argument(
+        "--output",
+        default=os.path.join(ROOT_DIR, "datalist", "ILSVRC", "Evaluation_2000.txt"),
+        help="the evaluation datalist to write",
+    )
 
     authors = commands.add_parser(
         "authors",
@@ -408,12 +418,8 @@ def main(args: argparse.Namespace) -> str:
     if args.command == "train":
         if args.output is None:
             args.output = os.path.join(ROOT_DIR, "datalist", "ILSVRC", get_family(args.backbone).train_list)
-        if args.batch_size < 1 or args.num_workers < 0:
-            raise UserValueError("'--batch_size' must be >= 1 and '--num_workers' >= 0")
         ensure_writable(args.output, "--output")
         return make_train_list(args)
-    if args.num_images < 1:
-        raise UserValueError(f"'--num_images' must be >= 1, got {args.num_images}")
     ensure_writable(args.output, "--output")
     return make_val_list(args)
 

@@ -15,7 +15,16 @@ import os
 from typing import Any
 
 from models import family_of
-from utils.core.cli import REPO_ROOT, HelpFormatter, non_negative_int, positive_int, run_cli
+from utils.core.cli import (
+    REPO_ROOT,
+    HelpFormatter,
+    add_device_arguments,
+    add_image_size_arguments,
+    add_subset_arguments,
+    non_negative_int,
+    positive_int,
+    run_cli,
+)
 from utils.core.errors import UserValueError
 from utils.core.runtime import AMP_CHOICES
 from utils.evaluation.reproduction import (
@@ -67,12 +76,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--percentages", default="0,0.5,0.85", help="fractions of pixels dropped (0 keeps 100 %%)")
-    protocol.add_argument("--input_size", type=positive_int, default=256, help="Resize of the smaller edge")
-    protocol.add_argument("--crop_size", type=positive_int, default=224, help="CenterCrop")
-    protocol.add_argument("--limit", type=positive_int, default=None, help="only the first N images of the list")
-    protocol.add_argument(
-        "--skip_missing", action="store_true", help="go on without listed images that do not exist (one warning)"
-    )
+    add_image_size_arguments(protocol)
+    add_subset_arguments(protocol)
     protocol.add_argument(
         "--rise_masks",
         type=positive_int,
@@ -90,11 +95,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
 
     run = parser.add_argument_group("run")
-    run.add_argument("--batch_size", type=positive_int, default=16, help="images per batch")
-    run.add_argument(
-        "--num_workers", type=non_negative_int, default=min(8, os.cpu_count() or 1), help="DataLoader workers"
-    )
-    run.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    add_device_arguments(run, 16)
     run.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast the forward passes")
     run.add_argument(
         "--dry_run",

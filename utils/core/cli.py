@@ -12,11 +12,18 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from utils.core.errors import UserError
+from utils.core.runtime import AMP_CHOICES
 
 __all__ = [
     "REPO_ROOT",
     "USER_ERRORS",
+    "DEFAULT_WORKERS",
     "HelpFormatter",
+    "add_device_arguments",
+    "add_image_size_arguments",
+    "add_precision_arguments",
+    "add_subset_arguments",
+    "check_image_sizes",
     "fraction",
     "non_negative_int",
     "one_line_warnings",
@@ -71,6 +78,52 @@ def positive_float(text: str) -> float:
 def fraction(text: str) -> float:
     """argparse ``type=`` for a number in [0, 1) (a share of pixels dropped, ...)."""
     return _number(text, float, "a number in [0, 1)", lambda value: 0 <= value < 1)
+
+
+# DataLoader workers by default: one per core, at most 8.
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+
+
+def add_image_size_arguments(group: argparse._ActionsContainer, crop: str = "CenterCrop") -> None:
+    """``--input_size`` (Resize of the smaller edge, 256) and ``--crop_size`` (``crop``, 224)."""
+    group.add_argument("--input_size", type=positive_int, default=256, help="Resize of the smaller image edge")
+    group.add_argument("--crop_size", type=positive_int, default=224, help=crop)
+
+
+def check_image_sizes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A parser error when ``--crop_size`` is larger than ``--input_size``."""
+    if args.crop_size > args.input_size:
+        parser.error(f"--crop_size {args.crop_size} is larger than --input_size {args.input_size}")
+
+
+def add_subset_arguments(group: argparse._ActionsContainer) -> None:
+    """``--limit N`` (the first N images of the list) and ``--skip_missing``."""
+    group.add_argument("--limit", type=positive_int, default=None, help="use only the first N images of the list")
+    group.add_argument(
+        "--skip_missing",
+        action="store_true",
+        help="go on without the listed images that do not exist (one warning naming file:line); by default they "
+        "stop the run before any work",
+    )
+
+
+def add_device_arguments(
+    group: argparse._ActionsContainer,
+    batch_size: int,
+    batch_help: str = "images per batch",
+    num_workers: int | None = DEFAULT_WORKERS,
+    workers_help: str = "DataLoader worker processes",
+) -> None:
+    """``--batch_size``, ``--num_workers`` and ``--device`` (auto: CUDA when available)."""
+    group.add_argument("--batch_size", type=positive_int, default=batch_size, help=batch_help)
+    group.add_argument("--num_workers", type=non_negative_int, default=num_workers, help=workers_help)
+    group.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+
+
+def add_precision_arguments(group: argparse._ActionsContainer, amp_help: str = "autocast the forward passes") -> None:
+    """``--amp none|bf16|fp16`` and ``--channels_last``."""
+    group.add_argument("--amp", default="none", choices=AMP_CHOICES, help=amp_help)
+    group.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster on GPUs)")
 
 
 def _write_above_progress(text: str) -> None:
