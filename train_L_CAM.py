@@ -19,7 +19,7 @@ import torch
 from models import ARCH_CHOICES, GENERIC, BackboneFamily, build_model, families, family_of
 from models.generic import init_head_from_classifier
 from utils.core.checkpoint import list_checkpoints
-from utils.core.cli import REPO_ROOT, run_cli
+from utils.core.cli import REPO_ROOT, non_negative_int, positive_float, positive_int, run_cli
 from utils.core.errors import UserFileNotFoundError, UserValueError
 from utils.core.files import ensure_writable
 from utils.core.runtime import (
@@ -138,32 +138,32 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help=f"variant: {', '.join(ARCH_CHOICES)} ('generic': any CNN, see the 'generic' flags)",
     )
     recipe.add_argument(
-        "--num_classes", type=int, default=1000, help="classes of the classifier and the datalist labels"
+        "--num_classes", type=positive_int, default=1000, help="classes of the classifier and the datalist labels"
     )
     recipe.add_argument(
-        "--batch_size", type=int, default=64, help="images per optimizer step (per process under torchrun)"
+        "--batch_size", type=positive_int, default=64, help="images per optimizer step (per process under torchrun)"
     )
-    recipe.add_argument("--input_size", type=int, default=256, help="Resize: the smaller image edge")
-    recipe.add_argument("--crop_size", type=int, default=224, help="RandomCrop size")
+    recipe.add_argument("--input_size", type=positive_int, default=256, help="Resize: the smaller image edge")
+    recipe.add_argument("--crop_size", type=positive_int, default=224, help="RandomCrop size")
     recipe.add_argument(
         "--lr",
-        type=float,
+        type=positive_float,
         default=None,
         help="learning rate; with --optimizer sgd-reference the base lr (the head's weights train at 100 x lr, its "
         "biases at 200 x lr) [the recipe's: 1e-4 reference, 1e-3 small-data]",
     )
     recipe.add_argument(
         "--epoch",
-        type=int,
+        type=positive_int,
         default=None,
         help="epochs to train [the family's: " + _per_family(lambda family: family.epochs) + "]",
     )
-    recipe.add_argument("--disp_interval", type=int, default=40, help="steps between progress updates")
+    recipe.add_argument("--disp_interval", type=positive_int, default=40, help="steps between progress updates")
     recipe.add_argument(
-        "--global_counter", type=int, default=0, help="global step to start from (without a checkpoint)"
+        "--global_counter", type=non_negative_int, default=0, help="global step to start from (without a checkpoint)"
     )
     recipe.add_argument(
-        "--current_epoch", type=int, default=0, help="epoch to start from, 0-based (without a checkpoint)"
+        "--current_epoch", type=non_negative_int, default=0, help="epoch to start from, 0-based (without a checkpoint)"
     )
     recipe.add_argument(
         "--decay_points", default="none", help="ignored, as in the reference (lr x 0.75 per epoch 1..22)"
@@ -211,7 +211,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     small.add_argument(
         "--warmup_steps",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="the area and smoothness terms rise linearly from 0 over this many steps; 0: off [the recipe's: 0, 100]",
     )
@@ -225,7 +225,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     small.add_argument(
         "--head_init_scale",
-        type=float,
+        type=positive_float,
         default=None,
         help="factor on the weights copied by --head_init classifier (< 1 keeps the sigmoid out of saturation) "
         "[the recipe's: 1, 0.1]",
@@ -247,7 +247,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     held_out.add_argument(
         "--plateau_epochs",
-        type=int,
+        type=non_negative_int,
         default=3,
         help="warn once when the held-out masked-image accuracy has not improved for this many epochs (0: never)",
     )
@@ -281,7 +281,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     extra.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     extra.add_argument(
         "--num_workers",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="DataLoader worker processes [min(8, CPU cores / processes on this node)]; results do not depend on it",
     )
@@ -296,7 +296,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="'pil': decode, resize and crop in DataLoader workers with PIL (reference); 'device': workers only "
         "read the files, JPEGs are decoded (nvJPEG on CUDA), resized and cropped on --device (not bit-identical)",
     )
-    extra.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
+    extra.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of initialisation, data order and augmentation"
+    )
     extra.add_argument(
         "--save_full",
         action="store_true",
@@ -304,14 +306,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     extra.add_argument(
         "--save_every",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="also save a mid-epoch checkpoint lcam_epoch_{E}_glo_step_{S}_mid.pth.tar every N global steps "
         "(0: off); --resume True continues from it, evaluation takes the newest end-of-epoch checkpoint",
     )
     extra.add_argument(
         "--stop_after_step",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="end the run right after this global step as an interruption would, without an extra checkpoint "
         "(to try resuming); 0: off",
@@ -357,28 +359,16 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, name, value)
     if args.optimizer == "sgd-reference" and args.weight_decay != RECIPES["reference"].weight_decay:
         raise UserValueError(f"'--weight_decay' {args.weight_decay} needs '--optimizer adamw' (sgd-reference has 5e-4)")
-    if args.lr <= 0 or args.head_init_scale <= 0:
-        raise UserValueError(
-            f"'--lr' and '--head_init_scale' must be positive, got {args.lr} and {args.head_init_scale}"
-        )
     if args.weight_decay < 0:
         raise UserValueError(f"'--weight_decay' must be >= 0, got {args.weight_decay}")
     if args.val_img_dir is None:
         args.val_img_dir = args.img_dir
-    for flag in ("batch_size", "input_size", "crop_size", "epoch", "disp_interval", "num_classes"):
-        if getattr(args, flag) < 1:
-            raise UserValueError(f"'--{flag}' must be >= 1, got {getattr(args, flag)}")
-    for flag in ("save_every", "stop_after_step", "global_counter", "current_epoch", "warmup_steps", "plateau_epochs"):
-        if getattr(args, flag) < 0:
-            raise UserValueError(f"'--{flag}' must be >= 0, got {getattr(args, flag)}")
     if args.crop_size > args.input_size:
         raise UserValueError(f"'--crop_size' {args.crop_size} is larger than '--input_size' {args.input_size}")
     if args.restore_from and args.resume == "False":
         raise UserValueError("'--restore_from' given with '--resume False': drop one of them")
     if args.archive_old and args.resume == "True":
         raise UserValueError("'--archive_old' applies to a fresh start: add '--resume False', or drop '--archive_old'")
-    if args.num_workers is not None and args.num_workers < 0:
-        raise UserValueError(f"'--num_workers' must be >= 0, got {args.num_workers}")
     return args
 
 
