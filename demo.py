@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from models.generic import GenericLCAM, init_head_from_classifier
 from utils.core.checkpoint import save_checkpoint
-from utils.core.cli import run_cli
+from utils.core.cli import non_negative_int, positive_float, positive_int, run_cli
 from utils.core.errors import UserError
 from utils.core.files import atomic_open, ensure_writable, write_json
 from utils.core.runtime import resolve_device, seed_everything
@@ -164,19 +164,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="a smoke test of every step (tiny data, 1-2 epochs; for CI): too little training to be accurate",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the data, the weights and the batches")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seeds the data, the weights and the batches")
     data = parser.add_argument_group("data")
     data.add_argument("--canvas_size", type=int, default=64, help="canvas side in pixels (64-96)")
-    data.add_argument("--num_train", type=int, default=4000, help="training canvases")
-    data.add_argument("--num_val", type=int, default=500, help="validation canvases (classifier accuracy)")
-    data.add_argument("--num_test", type=int, default=500, help="held-out canvases")
+    data.add_argument("--num_train", type=positive_int, default=4000, help="training canvases")
+    data.add_argument("--num_val", type=positive_int, default=500, help="validation canvases (classifier accuracy)")
+    data.add_argument("--num_test", type=positive_int, default=500, help="held-out canvases")
     training = parser.add_argument_group("training")
-    training.add_argument("--width", type=int, default=8, help="DigitsCNN width w (stages w, 2w, 4w, 8w)")
-    training.add_argument("--batch_size", type=int, default=64, help="classifier batch size")
-    training.add_argument("--classifier_epochs", type=int, default=5)
-    training.add_argument("--classifier_lr", type=float, default=3e-3, help="AdamW lr, cosine decay over the epochs")
-    training.add_argument("--head_epochs", type=int, default=4, help="epochs of each L-CAM head")
-    training.add_argument("--head_lr", type=float, default=1e-4, help="the reference --lr (AM weights train at 100x)")
+    training.add_argument("--width", type=positive_int, default=8, help="DigitsCNN width w (stages w, 2w, 4w, 8w)")
+    training.add_argument("--batch_size", type=positive_int, default=64, help="classifier batch size")
+    training.add_argument("--classifier_epochs", type=positive_int, default=5)
+    training.add_argument(
+        "--classifier_lr", type=positive_float, default=3e-3, help="AdamW lr, cosine decay over the epochs"
+    )
+    training.add_argument("--head_epochs", type=non_negative_int, default=4, help="epochs of each L-CAM head")
+    training.add_argument(
+        "--head_lr", type=positive_float, default=1e-4, help="the reference --lr (AM weights train at 100x)"
+    )
     training.add_argument(
         "--head_init",
         choices=("random", "classifier"),
@@ -185,18 +189,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "(the CAM of Zhou et al.: a warm start, possible because DigitsCNN ends in pooling + one linear layer)",
     )
     training.add_argument(
-        "--head_init_scale", type=float, default=1.0, help="factor on the weights copied by --head_init classifier"
+        "--head_init_scale",
+        type=positive_float,
+        default=1.0,
+        help="factor on the weights copied by --head_init classifier",
     )
-    training.add_argument("--head_batch_size", type=int, default=32, help="L-CAM head batch size")
-    training.add_argument("--head_train_images", type=int, default=2000, help="training images of the heads")
+    training.add_argument("--head_batch_size", type=positive_int, default=32, help="L-CAM head batch size")
+    training.add_argument("--head_train_images", type=positive_int, default=2000, help="training images of the heads")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument(
         "--methods", default=",".join(ALL_METHODS), help=f"comma-separated, of {', '.join(ALL_METHODS)}"
     )
-    evaluation.add_argument("--eval_images", type=int, default=500, help="held-out images evaluated (at most num_test)")
-    evaluation.add_argument("--rise_masks", type=int, default=500, help="RISE masks per image")
-    evaluation.add_argument("--rise_images", type=int, default=100, help="images RISE is evaluated on (the slowest)")
-    evaluation.add_argument("--overlay_images", type=int, default=6, help="rows of overlays.png")
+    evaluation.add_argument(
+        "--eval_images", type=positive_int, default=500, help="held-out images evaluated (at most num_test)"
+    )
+    evaluation.add_argument("--rise_masks", type=positive_int, default=500, help="RISE masks per image")
+    evaluation.add_argument(
+        "--rise_images", type=positive_int, default=100, help="images RISE is evaluated on (the slowest)"
+    )
+    evaluation.add_argument("--overlay_images", type=positive_int, default=6, help="rows of overlays.png")
     return parser
 
 
@@ -211,19 +222,6 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> li
     unknown = [name for name in methods if name not in ALL_METHODS]
     if unknown or not methods:
         parser.error(f"--methods: unknown {unknown or 'empty list'}; valid: {', '.join(ALL_METHODS)}")
-    for name in (
-        "num_train",
-        "num_val",
-        "num_test",
-        "width",
-        "batch_size",
-        "head_batch_size",
-        "eval_images",
-        "rise_masks",
-        "rise_images",
-    ):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     if not 32 <= args.canvas_size <= 256:
         parser.error(f"--canvas_size must be in [32, 256], got {args.canvas_size}")
     args.eval_images = min(args.eval_images, args.num_test)

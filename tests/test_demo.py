@@ -68,7 +68,7 @@ def test_quick_demo_writes_table_figures_and_checkpoints(tmp_path, capsys):
     ("flags", "message"),
     [
         (["--methods", "lcam_img_own,gradcamx"], "unknown \\['gradcamx'\\]"),
-        (["--num_train", "0"], "--num_train must be positive"),
+        (["--num_train", "0"], "argument --num_train: expected an integer >= 1, got '0'"),
         (["--canvas_size", "16"], "--canvas_size must be in"),
     ],
 )
