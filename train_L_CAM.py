@@ -19,7 +19,7 @@ import torch
 from models import ARCH_CHOICES, GENERIC, BackboneFamily, build_model, families, family_of
 from models.generic import init_head_from_classifier
 from utils.core.checkpoint import list_checkpoints
-from utils.core.cli import REPO_ROOT, non_negative_int, positive_float, positive_int, run_cli
+from utils.core.cli import REPO_ROOT, add_decode_argument, non_negative_int, positive_float, positive_int, run_cli
 from utils.core.errors import UserFileNotFoundError, UserValueError
 from utils.core.files import ensure_writable
 from utils.core.runtime import (
@@ -289,13 +289,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     extra.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster on GPUs)")
     add_compile_argument(extra)
     add_deterministic_argument(extra)
-    extra.add_argument(
-        "--decode",
-        choices=("pil", "device"),
-        default="pil",
-        help="'pil': decode, resize and crop in DataLoader workers with PIL (reference); 'device': workers only "
-        "read the files, JPEGs are decoded (nvJPEG on CUDA), resized and cropped on --device (not bit-identical)",
-    )
+    add_decode_argument(extra)
     extra.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of initialisation, data order and augmentation"
     )

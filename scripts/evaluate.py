@@ -18,6 +18,7 @@ from models import ARCH_CHOICES
 from utils.core.cli import (
     REPO_ROOT,
     HelpFormatter,
+    add_decode_argument,
     add_device_arguments,
     add_image_size_arguments,
     add_precision_arguments,
@@ -132,13 +133,7 @@ def get_args_parser(
     add_precision_arguments(speed)
     add_compile_argument(speed)
     add_deterministic_argument(speed)
-    speed.add_argument(
-        "--decode",
-        choices=("pil", "device"),
-        default="pil",
-        help="'pil': decode and resize with PIL in the workers (reference numbers); 'device': read the files in the "
-        "workers, decode JPEGs (nvJPEG on CUDA), resize and crop on --device (faster, not bit-identical)",
-    )
+    add_decode_argument(speed)
     speed.add_argument(
         "--disp_interval", type=non_negative_int, default=40, help="show the running AD/IC every N batches (0: never)"
     )

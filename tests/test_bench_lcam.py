@@ -59,10 +59,10 @@ def test_reference_settings_are_not_measured_twice_and_a_failing_measure_is_reco
     assert [row["key"] for row in report["rows"]][-3:] == ["train_fm", "train_img", "baseline_no_such_method"]
     failed = report["rows"][-1]
     assert failed["images_per_s"] is None and failed["ratio_to_backbone"] is None
-    assert failed["error"].startswith("ValueError: ") and "no_such_method" in failed["error"]
+    assert failed["error"].startswith("UserValueError: ") and "no_such_method" in failed["error"]
     assert all("error" not in row and row["images_per_s"] > 0 for row in report["rows"][:-1])
     out = capsys.readouterr().out
-    assert "training step Img (batch 2)" in out and "baseline no_such_method" in out and "FAILED: ValueError" in out
+    assert "training step Img (batch 2)" in out and "baseline no_such_method" in out and "FAILED: UserValueError" in out
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ __all__ = [
     "USER_ERRORS",
     "DEFAULT_WORKERS",
     "HelpFormatter",
+    "add_decode_argument",
     "add_device_arguments",
     "add_image_size_arguments",
     "add_precision_arguments",
@@ -118,6 +119,18 @@ def add_device_arguments(
     group.add_argument("--batch_size", type=positive_int, default=batch_size, help=batch_help)
     group.add_argument("--num_workers", type=non_negative_int, default=num_workers, help=workers_help)
     group.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+
+
+def add_decode_argument(group: argparse._ActionsContainer) -> None:
+    """``--decode pil|device``: where the images are decoded, resized and cropped."""
+    group.add_argument(
+        "--decode",
+        choices=("pil", "device"),
+        default="pil",
+        help="'pil': decode, resize and crop with PIL in the DataLoader workers (the reference's numbers); "
+        "'device': the workers only read the files, JPEGs are decoded (nvJPEG on CUDA), resized and cropped on "
+        "--device (faster, not bit-identical)",
+    )
 
 
 def add_precision_arguments(group: argparse._ActionsContainer, amp_help: str = "autocast the forward passes") -> None:

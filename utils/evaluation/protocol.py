@@ -221,14 +221,13 @@ def evaluate(
     explainer: Explainer,
     loader: Iterable,
     percentages: Sequence[float] = (0.0,),
-    device: torch.device | str = "cpu",
-    amp: str = "none",
-    channels_last: bool = False,
-    disp_interval: int = 0,
-    progress: bool = True,
-    description: str = "AD/IC",
+    *options: Any,
+    **keyword_options: Any,
 ) -> EvaluationResult:
-    """Run the protocol of the module docstring over ``loader`` at every percentage.
+    """Run the protocol of the module docstring over ``loader`` at every percentage
+    (:func:`evaluate_many` with one pair; ``options`` are its further arguments, below, in
+    its order: ``device``, ``amp``, ``channels_last``, ``disp_interval``, ``progress``,
+    ``description``).
 
     Args:
         classifier: images in [0, 1] (N x 3 x H x W) -> logits (N x K); run under
@@ -239,13 +238,14 @@ def evaluate(
             ``failed`` images go to the result's ``unreadable``, not into the averages; see
             :func:`warn_unreadable`) or ``(images, labels[, indices])``.
         percentages: fractions of pixels dropped (0 keeps all, 0.85 keeps 15 %).
-        device: where the computation runs.
-        amp: ``"none"``, ``"bf16"`` or ``"fp16"``: autocast around the classifier and the
+        device (option): where the computation runs.
+        amp (option): ``"none"``, ``"bf16"`` or ``"fp16"``: autocast around the classifier and the
             explainer; softmax, normalisation and masking stay in float32.
         channels_last: feed the images in channels_last memory format.
         disp_interval: show the running AD/IC every this many batches (0: never; each
             display waits for the device).
         progress: show a tqdm bar (images/s).
+        description: the bar's label.
 
     Returns:
         :class:`EvaluationResult`.
@@ -253,10 +253,7 @@ def evaluate(
     Raises:
         ValueError: no readable image in ``loader``, or maps of a wrong shape.
     """
-    options = {"device": device, "amp": amp, "channels_last": channels_last, "disp_interval": disp_interval}
-    return evaluate_many(
-        [(classifier, explainer)], loader, percentages, progress=progress, description=description, **options
-    )[0]
+    return evaluate_many([(classifier, explainer)], loader, percentages, *options, **keyword_options)[0]
 
 
 def evaluate_many(
