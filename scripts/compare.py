@@ -54,6 +54,12 @@ from utils.evaluation.comparison import (
     score_line,
     write_entry_result,
 )
+from utils.evaluation.insertion_deletion import (
+    SUBSTRATES,
+    evaluate_insertion_deletion,
+    insertion_deletion_row,
+    save_curves_figure,
+)
 from utils.evaluation.reports import (
     MethodScores,
     ResultsTable,
@@ -136,13 +142,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     methods.add_argument("--seed", type=int, default=0, help="seed of the RISE masks and of ROAD's noise")
     methods.add_argument(
-        "--chunk_size", type=positive_int, default=128, help="masked images per forward (Score-CAM, RISE)"
+        "--chunk_size", type=positive_int, default=128, help="masked images per forward (Score-CAM, RISE, insertion/deletion)"
     )
     methods.add_argument("--road", action="store_true", help="also ROAD (MoRF, LeRF, combined; slow: sparse solves)")
     methods.add_argument("--road_limit", type=positive_int, default=32, help="images used for ROAD")
     methods.add_argument(
         "--road_percentiles", default="10,20,30,40,50,60,70,80,90", help="ROAD's removal percentiles, averaged"
     )
+    methods.add_argument(
+        "--insertion_deletion", action="store_true", help="also deletion and insertion AUCs (RISE paper) and curves"
+    )
+    methods.add_argument(
+        "--id_step", type=positive_int, default=224, help="pixels deleted/inserted per step [224: 224 steps at 224 px]"
+    )
+    methods.add_argument("--id_substrate", default="zeros", choices=SUBSTRATES, help="what deletion puts in place")
+    methods.add_argument("--id_limit", type=positive_int, default=64, help="images used for insertion/deletion")
 
     output = parser.add_argument_group("output and speed")
     output.add_argument("--output_dir", default="runs/compare", help="tables, figures and per-method results")
@@ -237,6 +251,9 @@ def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tupl
     road = any("road_combined" in result for result in results)
     if road:
         header += ["ROAD MoRF", "ROAD LeRF", "ROAD combined"]
+    insertion_deletion = any("deletion_auc" in result for result in results)
+    if insertion_deletion:
+        header += ["deletion AUC ↓", "insertion AUC ↑"]
     rows = []
     for result in results:
         row = [result["family"], result["method"]]
@@ -246,6 +263,8 @@ def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tupl
         row += [result["num_images"], result["device"]]
         if road:
             row += [round(result.get(key, float("nan")), 4) for key in ("road_morf", "road_lerf", "road_combined")]
+        if insertion_deletion:
+            row += [round(result.get(key, float("nan")), 4) for key in ("deletion_auc", "insertion_auc")]
         rows.append(row)
     return header, rows
 
@@ -253,7 +272,9 @@ def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tupl
 TABLE_NOTE = (
     "AD: Average Drop (lower is better), IC: Increase in Confidence (higher is better), at the top "
     "N % of each map's pixels kept. explain img/s: images explained per second (the explainer alone); "
-    "eval img/s: the whole protocol (plain and masked passes included)."
+    "eval img/s: the whole protocol (plain and masked passes included). deletion/insertion AUC "
+    "(--insertion_deletion): area under the explained class's probability as the most salient "
+    "pixels are deleted (lower is better) or inserted on a blurred copy (higher is better)."
 )
 
 
@@ -338,11 +359,31 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
                     progress=not args.no_progress,
                 )
             )
+        if args.insertion_deletion:
+            row.update(
+                insertion_deletion_row(
+                    evaluate_insertion_deletion(
+                        entry.classifier,
+                        entry.explainer,
+                        loader,
+                        device,
+                        step=args.id_step,
+                        substrate=args.id_substrate,
+                        chunk_size=args.chunk_size,
+                        limit=args.id_limit,
+                        amp=args.amp,
+                        progress=not args.no_progress,
+                    )
+                )
+            )
         write_entry_result(result, entry, args.output_dir, row)
         print(score_line(entry, result, timed))
         results.append(row)
         markdown, table = _write_summary(results, percentages, args)
     chart = save_bar_chart(results, percentages, os.path.join(args.output_dir, "ad_ic.png"))
+    if args.insertion_deletion:
+        curves = [{"label": f"{row['method']} ({row['family']})", **row} for row in results]
+        chart += ", " + save_curves_figure(curves, os.path.join(args.output_dir, "insertion_deletion.png"))
     figure = save_qualitative_figure(
         entries, loader, device, args.figure_images, os.path.join(args.output_dir, "qualitative.png")
     )

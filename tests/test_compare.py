@@ -134,6 +134,13 @@ def test_compare_writes_tables_figures_and_throughput(setup, tmp_path):
         "--road",
         "--road_limit",
         "1",
+        "--insertion_deletion",
+        "--id_step",
+        "200",
+        "--id_limit",
+        "2",
+        "--id_substrate",
+        "blur",
         "--output_dir",
         str(output),
         sizes=SMALL_SIZES,
@@ -149,15 +156,19 @@ def test_compare_writes_tables_figures_and_throughput(setup, tmp_path):
         assert row["num_images"] == 3
         assert row["explain_images_per_second"] > 0 and row["device"].startswith("cpu")
         assert all(np.isfinite(row[key]) for key in ("road_morf", "road_lerf", "road_combined"))
+        assert 0 <= row["deletion_auc"] <= 1 and 0 <= row["insertion_auc"] <= 1 and row["id_count"] == 2
+        assert len(row["deletion_curve"]) == len(row["insertion_curve"]) > 2
     with open(output / "comparison.csv", newline="") as handle:
         table = list(csv.reader(handle))
     assert table[0][:8] == ["backbone", "method", "AD@100%", "IC@100%", "AD@50%", "IC@50%", "AD@15%", "IC@15%"]
     assert "explain img/s" in table[0] and "ROAD combined" in table[0]
+    assert table[0][-2:] == ["deletion AUC ↓", "insertion AUC ↑"]
+    assert float(table[2][-2]) == pytest.approx(rows[1]["deletion_auc"], abs=1e-4)
     assert float(table[2][2]) == pytest.approx(rows[1]["summary"][0]["average_drop"], abs=0.01)
     assert table[2][1] == "gradcampp"
     markdown = (output / "comparison.md").read_text()
     assert "| resnet50 | gradcampp |" in markdown
-    for picture in ("ad_ic.png", "qualitative.png"):
+    for picture in ("ad_ic.png", "qualitative.png", "insertion_deletion.png"):
         with Image.open(output / picture) as image:
             assert image.size[0] > 300
     assert (output / "rise_masks" / "rise_N8_s7_p0.5_seed0_32px.pt").is_file()

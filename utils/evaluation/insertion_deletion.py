@@ -51,7 +51,8 @@ The two agree to float precision under those conditions (``tests/test_insertion_
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -73,7 +74,9 @@ __all__ = [
     "blur",
     "evaluate_insertion_deletion",
     "insertion_deletion_curves",
+    "insertion_deletion_row",
     "salience_ranks",
+    "save_curves_figure",
     "substrate",
 ]
 
@@ -312,3 +315,45 @@ def evaluate_insertion_deletion(
         substrate=substrate,
         summary=meter.summary(),
     )
+
+
+def insertion_deletion_row(result: InsertionDeletionResult) -> dict[str, float | int | str | list[float]]:
+    """The columns a comparison row gains: mean AUCs, the image count, the settings and the
+    mean curves (plain numbers, for JSON)."""
+    return {
+        "deletion_auc": float(result.deletion_auc.mean()),
+        "insertion_auc": float(result.insertion_auc.mean()),
+        "id_count": result.count,
+        "id_step": result.step,
+        "id_substrate": result.substrate,
+        "deletion_curve": result.deletion_curve.tolist(),
+        "insertion_curve": result.insertion_curve.tolist(),
+    }
+
+
+def save_curves_figure(rows: Sequence[dict], path: str | os.PathLike) -> str:
+    """Two panels, deletion and insertion: the mean curve of each row (a dict with ``label``,
+    ``deletion_curve``, ``insertion_curve``, ``deletion_auc``, ``insertion_auc``) against the
+    fraction of pixels changed, the AUC in the legend. Returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not rows:
+        raise UserValueError("no insertion/deletion curve to draw")
+    figure = Figure(figsize=(10.0, 4.0), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    for axis, name, direction in zip(axes, ("deletion", "insertion"), ("lower", "higher")):
+        for row in rows:
+            curve = row[f"{name}_curve"]
+            steps = max(len(curve) - 1, 1)
+            axis.plot([i / steps for i in range(len(curve))], curve, label=f"{row['label']} ({row[f'{name}_auc']:.3f})")
+        axis.set_xlabel("fraction of pixels " + ("deleted" if name == "deletion" else "inserted"))
+        axis.set_ylabel("probability of the explained class")
+        axis.set_title(f"{name} (AUC: {direction} is better)", fontsize=10)
+        axis.set_xlim(0, 1)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = os.fspath(path)
+    figure.savefig(path, bbox_inches="tight")
+    return path
