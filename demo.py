@@ -6,7 +6,7 @@ and checkpoints. Nothing is downloaded.
     python demo.py --quick              # a smoke test of every step (about half a minute); its numbers mean nothing
     python demo.py --output_dir runs/my_demo --device cuda
 
-Measured: 106 s on an idle 2-core AMD EPYC, 170 s on an idle 2-core Intel Xeon. On a
+Measured: 179 s on an idle 2-core AMD EPYC, 170 s on an idle 2-core Intel Xeon. On a
 machine that other jobs share, OMP_WAIT_POLICY=PASSIVE python demo.py is much faster (the
 same results; torch's waiting threads sleep instead of spinning). Other CPUs, thread counts
 and seeds give other numbers: docs/demo-results.md shows the spread.
