@@ -142,7 +142,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     methods.add_argument("--seed", type=int, default=0, help="seed of the RISE masks and of ROAD's noise")
     methods.add_argument(
-        "--chunk_size", type=positive_int, default=128, help="masked images per forward (Score-CAM, RISE, insertion/deletion)"
+        "--chunk_size",
+        type=positive_int,
+        default=128,
+        help="masked images per forward (Score-CAM, RISE, insertion/deletion)",
     )
     methods.add_argument("--road", action="store_true", help="also ROAD (MoRF, LeRF, combined; slow: sparse solves)")
     methods.add_argument("--road_limit", type=positive_int, default=32, help="images used for ROAD")

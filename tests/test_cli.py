@@ -60,7 +60,12 @@ def test_interrupt_and_bugs_and_success(capsys):
 
 @pytest.mark.parametrize(
     ("kind", "text", "expected"),
-    [("positive_int", "3", 3), ("non_negative_int", "0", 0), ("positive_float", "1e-4", 1e-4), ("fraction", "0.85", 0.85)],
+    [
+        ("positive_int", "3", 3),
+        ("non_negative_int", "0", 0),
+        ("positive_float", "1e-4", 1e-4),
+        ("fraction", "0.85", 0.85),
+    ],
 )
 def test_flag_types_accept_their_values(kind, text, expected):
     from utils.core import cli

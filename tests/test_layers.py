@@ -125,10 +125,10 @@ def test_a_wrong_arrow_is_caught(importer, imported, why):
 def test_the_documented_import_paths_still_work():
     from models import build_model  # noqa: F401
     from models.VGG16_L_CAM_Img import model  # noqa: F401
+    from utils.baselines import BASELINES, NormalizedClassifier, build_explainer  # noqa: F401
     from utils.checkpoint import load_checkpoint  # noqa: F401
     from utils.data import ImageList, build_loader, read_datalist  # noqa: F401
+    from utils.evaluation import build_eval_loader, evaluate, load_lcam_model  # noqa: F401
     from utils.files import atomic_open, write_json  # noqa: F401
     from utils.metrics import average_drop, increase_in_confidence, keep_top, minmax_normalize  # noqa: F401
     from utils.optim import adjust_lr, build_optimizer  # noqa: F401
-    from utils.baselines import BASELINES, NormalizedClassifier, build_explainer  # noqa: F401
-    from utils.evaluation import build_eval_loader, evaluate, load_lcam_model  # noqa: F401
