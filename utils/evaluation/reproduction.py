@@ -32,15 +32,7 @@ from utils.core.files import ensure_writable, write_json
 from utils.core.runtime import resolve_device, seed_everything
 from utils.data.authors import AUTHORS_LISTS
 from utils.data.datalists import check_images_exist, read_datalist
-from utils.evaluation.comparison import (
-    Entry,
-    baseline_entries,
-    device_description,
-    evaluate_entries,
-    result_row,
-    score_line,
-    write_entry_result,
-)
+from utils.evaluation import comparison
 from utils.evaluation.protocol import build_eval_loader, parse_percentages, warn_unreadable
 from utils.evaluation.reports import ResultsTable, kept_label, write_markdown
 from utils.explainers.baselines import BASELINES, NormalizedClassifier
@@ -274,18 +266,18 @@ def _baseline_classifier(
     return NormalizedClassifier.from_torchvision(network, family).to(device).eval()
 
 
-def _backbone_entries(plan: TablePlan, family: BackboneFamily, heads, device: torch.device) -> list[Entry]:
+def _backbone_entries(plan: TablePlan, family: BackboneFamily, heads, device: torch.device) -> list[comparison.Entry]:
     """The baselines' rows, then the heads', of one backbone (every model built)."""
     settings = plan.settings
     models = [(arch, *load_lcam_model(arch, checkpoint, device=device)) for arch, checkpoint in heads]
     head_entries = [
-        Entry(arch, family.name, lcam_classifier(model), LCAMExplainer(model), metadata["path"])
+        comparison.Entry(arch, family.name, lcam_classifier(model), LCAMExplainer(model), metadata["path"])
         for arch, model, metadata in models
     ]
     if not settings.methods:
         return head_entries
     classifier = _baseline_classifier(plan, family, [(arch, model) for arch, model, _ in models], device)
-    baselines = baseline_entries(
+    baselines = comparison.baseline_entries(
         classifier,
         family.name,
         plan.baseline_source(family, heads),
@@ -363,7 +355,7 @@ def run_paper_table(plan: TablePlan) -> list[dict[str, Any]]:
     loader = build_eval_loader(
         plan.samples, settings.input_size, settings.crop_size, settings.batch_size, settings.num_workers, device
     )
-    device_name = device_description(device)
+    device_name = comparison.device_description(device)
     print(
         f"The paper's table: {sum(len(entries) for _, entries in runs)} rows on {len(plan.samples)} images, {device_name}"
     )
@@ -371,7 +363,7 @@ def run_paper_table(plan: TablePlan) -> list[dict[str, Any]]:
     files: tuple[str, ...] = ()
     while runs:
         family, entries = runs.pop(0)  # released after its pass
-        evaluated = evaluate_entries(
+        evaluated = comparison.evaluate_entries(
             entries,
             loader,
             plan.percentages,
@@ -383,10 +375,10 @@ def run_paper_table(plan: TablePlan) -> list[dict[str, Any]]:
         for entry, result, timed in evaluated:
             if not rows:
                 warn_unreadable(result.unreadable)
-            row = result_row(entry, result, timed, device_name)
+            row = comparison.result_row(entry, result, timed, device_name)
             row.update(backbone=family.title, title=METHOD_TITLES.get(entry.name, entry.name))
-            write_entry_result(result, entry, settings.output_dir, row)
-            print(score_line(entry, result, timed))
+            comparison.write_entry_result(result, entry, settings.output_dir, row)
+            print(comparison.score_line(entry, result, timed))
             rows.append(row)
         del entries, evaluated
         files = _write_table(plan, rows, device_name)
