@@ -13,9 +13,17 @@ import argparse
 import json
 from collections.abc import Sequence
 
+from models.families import get_family
+from utils.core.errors import UserError
 from utils.core.files import atomic_open
 
-FAMILY_NAMES = {"vgg16": "VGG-16", "resnet50": "ResNet-50"}
+
+def family_title(name: str) -> str:
+    """The registered family's title (``"VGG-16"``); a ``generic:NETWORK`` row keeps its name."""
+    try:
+        return get_family(name).title
+    except UserError:
+        return name
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -63,7 +71,7 @@ def lcam_table(report: dict) -> str:
     by_position = {(row["family"], row["key"]): row for row in report["rows"]}
     header = ["measure"]
     for family in families:
-        name = FAMILY_NAMES.get(family, family)
+        name = family_title(family)
         header += [f"{name} img/s", f"{name} ratio", f"{name} peak MiB"]
     lines = [
         f"**{report['device']}**, torch {report.get('torch', '?')}: {settings_label(report['args'])}",
