@@ -7,7 +7,7 @@ of the pixels kept). Every flag: ``--help``; the work is done by :mod:`scripts.e
 
 from scripts.evaluate import cli
 
-DEFAULTS = {"arch": "ResNet50_L_CAM_Fm", "percentage": 0.85, "train_list": "ResNet50_train.txt"}
+DEFAULTS = {"arch": "ResNet50_L_CAM_Fm", "percentage": 0.85}
 
 if __name__ == "__main__":
     cli(**DEFAULTS)

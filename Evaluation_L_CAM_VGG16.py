@@ -7,7 +7,7 @@ Defaults as in the reference: ``--arch VGG16_L_CAM_Img``, ``--percentage 0``. Ev
 
 from scripts.evaluate import cli
 
-DEFAULTS = {"arch": "VGG16_L_CAM_Img", "percentage": 0.0, "train_list": "VGG16_train.txt"}
+DEFAULTS = {"arch": "VGG16_L_CAM_Img", "percentage": 0.0}
 
 if __name__ == "__main__":
     cli(**DEFAULTS)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from models import ARCH_CHOICES
+from models import ARCH_CHOICES, family_of
 from utils.core.cli import (
     REPO_ROOT,
     HelpFormatter,
@@ -56,13 +56,12 @@ __all__ = ["cli", "get_args_parser", "main"]
 def get_args_parser(
     arch: str = "VGG16_L_CAM_Img",
     percentage: float = 0.0,
-    train_list: str = "VGG16_train.txt",
     add_help: bool = True,
 ) -> argparse.ArgumentParser:
     """The evaluation flags: the reference code's and the project's additions.
 
     Args:
-        arch, percentage, train_list: the defaults of the calling script (the reference
+        arch, percentage: the defaults of the calling script (the reference
             VGG-16 script evaluates VGG16_L_CAM_Img at 0, the ResNet-50 one
             ResNet50_L_CAM_Fm at 0.85).
     """
@@ -80,7 +79,7 @@ def get_args_parser(
         help="directory the list's image paths are relative to [ROOT/dataset/ILSVRC2012_img_val]",
     )
     paths.add_argument(
-        "--train_list", default=None, help=f"accepted for compatibility, unused [ROOT/datalist/ILSVRC/{train_list}]"
+        "--train_list", default=None, help="accepted for compatibility, unused [the family's training datalist]"
     )
     paths.add_argument(
         "--test_list",
@@ -142,7 +141,7 @@ def get_args_parser(
     ignored.add_argument("--lr", type=float, default=0.0001, help="ignored")
     ignored.add_argument("--global_counter", type=int, default=0, help="ignored")
     ignored.add_argument("--current_epoch", type=int, default=0, help="ignored")
-    parser.set_defaults(default_percentage=percentage, default_train_list=train_list)
+    parser.set_defaults(default_percentage=percentage)
     return parser
 
 
@@ -167,8 +166,9 @@ def _fill_defaults(args: argparse.Namespace) -> None:
         args.img_dir = os.path.join(root, "dataset", "ILSVRC2012_img_val")
     if args.test_list is None:
         args.test_list = os.path.join(root, "datalist", "ILSVRC", "Evaluation_2000.txt")
-    if args.train_list is None:
-        args.train_list = os.path.join(root, "datalist", "ILSVRC", args.default_train_list)
+    family_list = family_of(args.arch).train_list
+    if args.train_list is None and family_list is not None:
+        args.train_list = os.path.join(root, "datalist", "ILSVRC", family_list)
     if args.snapshot_dir is None:
         args.snapshot_dir = os.path.join(root, "snapshots", args.arch)
     if args.output is None:
