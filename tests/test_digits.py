@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.checksums import file_checksums
 from utils.data.datalists import read_datalist
 from utils.data.digits import (
     INK_THRESHOLD,
@@ -21,25 +21,15 @@ from utils.data.digits import (
 )
 
 
-def _digests(root: str) -> dict[str, str]:
-    digests = {}
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as handle:
-                digests[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
-    return digests
-
-
 def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
     options = {"num_train": 12, "num_val": 4, "num_test": 4, "progress": False}
     first = make_digits_dataset(tmp_path / "a", seed=3, **options)
     second = make_digits_dataset(tmp_path / "b", seed=3, **options)
     third = make_digits_dataset(tmp_path / "c", seed=4, **options)
-    digests = _digests(first.root)
+    digests = file_checksums(first.root)
     assert len(digests) == 20 + 5  # images, three lists, boxes.csv, digits.json
-    assert digests == _digests(second.root)
-    other = _digests(third.root)
+    assert digests == file_checksums(second.root)
+    other = file_checksums(third.root)
     assert other["images/train/train_00000.png"] != digests["images/train/train_00000.png"]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 import train_L_CAM
+from tests.checksums import file_checksums
 from utils.core.checkpoint import find_newest_checkpoint
 from utils.core.cli import run_cli
 from utils.training import ARCHIVE_PREFIX, CSV_NAME, LOG_NAME
@@ -88,17 +88,6 @@ def _error_line(status: int, err: str) -> str:
     return lines[0]
 
 
-def _hashes(folder) -> dict[str, str]:
-    """sha256 of every file under ``folder`` by relative path."""
-    hashes = {}
-    for directory, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as handle:
-                hashes[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
-    return hashes
-
-
 @pytest.fixture(scope="module")
 def finished_run(dataset, tmp_path_factory):
     """A 2-epoch run's folder (two checkpoints, train_record.csv, train_log.json); copy it to change it."""
@@ -117,7 +106,7 @@ def run_copy(finished_run, tmp_path):
     """A copy of :func:`finished_run` and its checksums."""
     snapshot_dir = tmp_path / "snap"
     shutil.copytree(finished_run, snapshot_dir)
-    return snapshot_dir, _hashes(snapshot_dir)
+    return snapshot_dir, file_checksums(snapshot_dir)
 
 
 def test_fresh_start_over_a_run_refuses_and_archive_old_moves_it_aside(dataset, run_copy, capsys, one_thread):
@@ -126,12 +115,12 @@ def test_fresh_start_over_a_run_refuses_and_archive_old_moves_it_aside(dataset, 
     line = _error_line(*_train(capsys, _train_argv(dataset, snapshot_dir, "--resume", "False")))
     assert "already holds a run (2 checkpoint(s), train_log.json, train_record.csv)" in line
     assert "--snapshot_dir NEW" in line and "--archive_old" in line and "archived-YYYYmmdd-HHMMSS" in line
-    assert _hashes(snapshot_dir) == before
+    assert file_checksums(snapshot_dir) == before
 
     status, err = _train(capsys, _train_argv(dataset, snapshot_dir, "--resume", "False", "--archive_old"))
     assert status == 0, err
     (archive,) = [name for name in os.listdir(snapshot_dir) if name.startswith(ARCHIVE_PREFIX)]
-    assert _hashes(snapshot_dir / archive) == before  # the old run, moved whole
+    assert file_checksums(snapshot_dir / archive) == before  # the old run, moved whole
     assert {"lcam_epoch_0_glo_step_3.pth.tar", CSV_NAME, LOG_NAME} <= set(os.listdir(snapshot_dir))
 
     line = _error_line(*_train(capsys, _train_argv(dataset, snapshot_dir, "--archive_old")))
@@ -143,11 +132,11 @@ def test_resume_without_checkpoints_keeps_the_run_records(dataset, run_copy, cap
     for name in os.listdir(snapshot_dir):
         if name.endswith(".pth.tar"):
             os.rename(snapshot_dir / name, snapshot_dir.parent / name)
-    before = _hashes(snapshot_dir)
+    before = file_checksums(snapshot_dir)
     line = _error_line(*_train(capsys, _train_argv(dataset, snapshot_dir)))
     assert "holds a run (train_log.json, train_record.csv) but no checkpoint to resume from" in line
     assert "--resume False --archive_old" in line and "--snapshot_dir NEW" in line
-    assert _hashes(snapshot_dir) == before
+    assert file_checksums(snapshot_dir) == before
 
 
 def test_unwritable_snapshot_dir_fails_before_training(dataset, tmp_path, capsys):
@@ -189,12 +178,12 @@ def _truncated(path) -> None:
 def test_unreadable_restore_from_says_which_in_one_line(make, expected, dataset, tmp_path, capsys):
     checkpoint = tmp_path / "given.pth.tar"
     make(checkpoint)
-    before = _hashes(tmp_path)
+    before = file_checksums(tmp_path)
     line = _error_line(*_train(capsys, _train_argv(dataset, tmp_path / "snap", "--restore_from", str(checkpoint))))
     assert line.startswith(f"train_L_CAM.py: error: {checkpoint}: ")
     assert re.search(expected, line), line
     assert "weights_only" not in line and "KeyError" not in line and "Errno" not in line
-    after = _hashes(tmp_path)
+    after = file_checksums(tmp_path)
     assert {name: value for name, value in after.items() if not name.startswith("snap")} == before
     assert not [name for name in after if name.startswith("snap")]  # nothing written
 
@@ -203,13 +192,13 @@ def test_damaged_newest_checkpoint_names_the_older_ones(dataset, run_copy, capsy
     snapshot_dir, _ = run_copy
     newest = snapshot_dir / "lcam_epoch_1_glo_step_6.pth.tar"
     newest.write_bytes(newest.read_bytes()[:100])
-    before = _hashes(snapshot_dir)
+    before = file_checksums(snapshot_dir)
     line = _error_line(*_train(capsys, _train_argv(dataset, snapshot_dir, "--epoch", "3")))
     older = snapshot_dir / "lcam_epoch_0_glo_step_3.pth.tar"
     assert f"{newest}: truncated checkpoint" in line and "it is the newest checkpoint of --snapshot_dir" in line
     assert f"--restore_from {older}" in line and "older checkpoints there: ['lcam_epoch_0_glo_step_3.pth.tar']" in line
     assert "move the damaged file out of" in line
-    assert _hashes(snapshot_dir) == before
+    assert file_checksums(snapshot_dir) == before
 
     (snapshot_dir / "damaged").mkdir()
     newest.rename(snapshot_dir / "damaged" / newest.name)  # the way on the message gives

@@ -23,6 +23,7 @@ import Evaluation_L_CAM_VGG16
 from models import build_model
 from scripts import compare, explain, make_datalist
 from scripts import evaluate as evaluate_script
+from tests.checksums import file_checksums
 from utils.core.checkpoint import make_checkpoint, save_checkpoint
 from utils.core.cli import REPO_ROOT, run_cli
 from utils.evaluation import comparison, explanations
@@ -87,17 +88,6 @@ def images(tmp_path):
     return img_dir, datalist
 
 
-def _checksums(root) -> dict[str, str]:
-    """sha256 of every file under ``root``."""
-    return {
-        os.path.relpath(os.path.join(folder, name), root): hashlib.sha256(
-            open(os.path.join(folder, name), "rb").read()
-        ).hexdigest()
-        for folder, _, names in os.walk(root)
-        for name in names
-    }
-
-
 def _error_line(stderr: str, *words: str) -> str:
     """The one line of ``stderr``: an ``error:`` line holding ``words``, no traceback."""
     assert "Traceback" not in stderr
@@ -140,11 +130,11 @@ def test_evaluation_unwritable_output_fails_before_any_work(checkpoint, images, 
     blocker.write_text("a regular file used as a folder")
     monkeypatch.setattr(evaluate_script, "load_lcam_model", _fails_if_called)
     monkeypatch.setattr(evaluate_script, "evaluate", _fails_if_called)
-    before = _checksums(tmp_path)
+    before = file_checksums(tmp_path)
     argv = _evaluation_argv(checkpoint, images, blocker / "result.json")
     assert _exit_status(_evaluation, argv) == 2
     _error_line(capsys.readouterr().err, "cannot write", "a_file", "--output")
-    assert _checksums(tmp_path) == before
+    assert file_checksums(tmp_path) == before
 
 
 @pytest.mark.parametrize(
@@ -162,12 +152,12 @@ def test_evaluation_unreadable_checkpoint_is_one_line(images, tmp_path, capsys, 
         torch.save({"state_dict": {"weight": torch.zeros(2)}, "model": TinyCNN()}, path)
     else:
         path.write_bytes(contents)
-    before = _checksums(tmp_path)
+    before = file_checksums(tmp_path)
     argv = _evaluation_argv(str(path), images, tmp_path / "out" / "result.json")
     assert _exit_status(_evaluation, argv) == 2
     line = _error_line(capsys.readouterr().err, "head.pth.tar", *words)
     assert "weights_only" not in line
-    assert _checksums(tmp_path) == before
+    assert file_checksums(tmp_path) == before
 
 
 def test_evaluation_refuses_missing_images_naming_file_and_line(checkpoint, images, tmp_path, monkeypatch, capsys):
@@ -175,11 +165,11 @@ def test_evaluation_refuses_missing_images_naming_file_and_line(checkpoint, imag
     output.parent.mkdir()
     output.write_text('{"an earlier run": true}')
     monkeypatch.setattr(evaluate_script, "evaluate", _fails_if_called)
-    before = _checksums(tmp_path)
+    before = file_checksums(tmp_path)
     assert _exit_status(_evaluation, _evaluation_argv(checkpoint, images, output)) == 2
     line = _error_line(capsys.readouterr().err, "list.txt:2: image not found", "missing_a.png", "--skip_missing")
     assert "2 of 6 listed images are missing (also line 4)" in line
-    assert _checksums(tmp_path) == before
+    assert file_checksums(tmp_path) == before
 
 
 def test_evaluation_skip_missing_runs_on_and_names_unreadable_images(checkpoint, images, tmp_path, capsys):
@@ -226,7 +216,7 @@ def test_compare_unwritable_output_dir_fails_before_any_model(tmp_path, monkeypa
     argv = ["--lcam", "generic=x", "--methods", "", "--test_list", "x", "--output_dir", str(blocker / "cmp")]
     assert _exit_status(run_cli, compare.main, compare.get_args_parser(), argv) == 2
     _error_line(capsys.readouterr().err, "cannot write", "--output_dir")
-    assert _checksums(tmp_path) == {"a_file": hashlib.sha256(b"x").hexdigest()}
+    assert file_checksums(tmp_path) == {"a_file": hashlib.sha256(b"x").hexdigest()}
 
 
 def test_compare_writes_its_table_after_each_method(checkpoint, images, tmp_path, monkeypatch, capsys):
@@ -270,11 +260,11 @@ def test_explain_unwritable_output_dir_fails_before_any_work(checkpoint, images,
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     monkeypatch.setattr(explain, "load_lcam_model", _fails_if_called)
-    before = _checksums(tmp_path)
+    before = file_checksums(tmp_path)
     argv = _explain_argv(checkpoint, images[0], blocker / "out")
     assert _exit_status(run_cli, explain.main, explain.get_args_parser(), argv) == 2
     _error_line(capsys.readouterr().err, "cannot write", "--output_dir")
-    assert _checksums(tmp_path) == before
+    assert file_checksums(tmp_path) == before
 
 
 def test_explain_missing_images_refused_then_skipped(checkpoint, images, tmp_path, capsys):
@@ -347,7 +337,7 @@ def test_make_datalist_unwritable_output_fails_before_any_work(command, tmp_path
     argv = [command, *extra, "--img_dir", str(tmp_path), "--output", str(blocker / "list.txt")]
     assert _exit_status(run_cli, make_datalist.main, make_datalist.get_args_parser(), argv) == 2
     _error_line(capsys.readouterr().err, "cannot write", "--output")
-    assert _checksums(tmp_path) == {"a_file": hashlib.sha256(b"x").hexdigest()}
+    assert file_checksums(tmp_path) == {"a_file": hashlib.sha256(b"x").hexdigest()}
 
 
 # -- shell scripts ------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ from tqdm import tqdm
 
 from utils.core.errors import UserTypeError, UserValueError
 from utils.core.runtime import autocast
-from utils.evaluation.protocol import normalize_and_upsample
+from utils.evaluation.protocol import explain_predictions
 from utils.explainers.protocol import Classifier, Explainer
 
 __all__ = [
@@ -278,22 +278,7 @@ def evaluate_insertion_deletion(
             if limit is not None:
                 images = images[: limit - meter.count]
             images = images.to(device)
-            if hasattr(explainer, "predict_and_explain"):
-                with autocast(device, amp):
-                    logits, maps = explainer.predict_and_explain(images)
-                predicted = logits.detach().float().argmax(dim=1)
-            else:
-                with torch.inference_mode(), autocast(device, amp):
-                    logits = classifier(images)
-                predicted = logits.float().argmax(dim=1).clone()
-                with autocast(device, amp):
-                    maps = explainer.explain(images, predicted.clone())
-            if not torch.is_tensor(maps):
-                raise UserTypeError(f"{type(explainer).__name__}.explain must return a tensor")
-            with torch.inference_mode():
-                maps = normalize_and_upsample(maps.detach(), images.shape[-2:])
-            if len(maps) != len(images):
-                raise UserValueError(f"{type(explainer).__name__} returned {len(maps)} maps for {len(images)} images")
+            _, _, predicted, maps = explain_predictions(classifier, explainer, images, device, amp)
             deletion, insertion = insertion_deletion_curves(
                 classifier, images, maps, predicted, step, substrate, chunk_size, amp
             )

@@ -46,6 +46,7 @@ __all__ = [
     "build_eval_loader",
     "evaluate",
     "evaluate_many",
+    "explain_predictions",
     "format_summary",
     "normalize_and_upsample",
     "parse_percentages",
@@ -355,6 +356,44 @@ def _result(
     )
 
 
+def explain_predictions(
+    classifier: Classifier,
+    explainer: Explainer,
+    images: torch.Tensor,
+    device: torch.device,
+    amp: str = "none",
+    plain_passes: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1-2 of the protocol for one batch on the device: the plain softmax
+    ``probabilities`` (float32), the predicted class's score ``y`` and index ``predicted``,
+    and the explainer's maps of that class, min-max normalised and upsampled to the images'
+    size (N x 1 x H x W). One forward when the explainer has ``predict_and_explain``;
+    otherwise the classifier's plain pass (cached in ``plain_passes`` by the classifier's
+    ``id`` when given, so several explainers of one classifier share it), then ``explain``
+    outside inference mode (gradient methods need autograd)."""
+    if hasattr(explainer, "predict_and_explain"):
+        with autocast(device, amp):
+            logits, maps = explainer.predict_and_explain(images)
+        with torch.inference_mode():
+            probabilities = logits.float().softmax(dim=1)
+            y, predicted = probabilities.max(dim=1)
+    else:
+        plain_passes = {} if plain_passes is None else plain_passes
+        if id(classifier) not in plain_passes:
+            with torch.inference_mode(), autocast(device, amp):
+                logits = classifier(images)
+            with torch.inference_mode():
+                probabilities = logits.float().softmax(dim=1)
+                plain_passes[id(classifier)] = (probabilities, *probabilities.max(dim=1))
+        probabilities, y, predicted = plain_passes[id(classifier)]
+        # A clone made outside inference mode is a normal tensor, usable under autograd.
+        with autocast(device, amp):
+            maps = explainer.explain(images, predicted.clone())
+    with torch.inference_mode():
+        maps = normalize_and_upsample(_check_maps(maps, len(images), explainer), images.shape[-2:])
+    return probabilities, y, predicted, maps
+
+
 def _evaluate_batch(
     classifier: Classifier,
     explainer: Explainer,
@@ -369,25 +408,8 @@ def _evaluate_batch(
     """Scores of one batch (on the device), left on the device (no host synchronisation).
     ``plain_passes`` caches each classifier's plain ``(probabilities, y, predicted)`` of the
     batch by ``id``, for the explainers that need a separate plain forward."""
-    if hasattr(explainer, "predict_and_explain"):
-        with autocast(device, amp):
-            logits, maps = explainer.predict_and_explain(images)
-        with torch.inference_mode():
-            probabilities = logits.float().softmax(dim=1)
-            y, predicted = probabilities.max(dim=1)
-    else:
-        if id(classifier) not in plain_passes:
-            with torch.inference_mode(), autocast(device, amp):
-                logits = classifier(images)
-            with torch.inference_mode():
-                probabilities = logits.float().softmax(dim=1)
-                plain_passes[id(classifier)] = (probabilities, *probabilities.max(dim=1))
-        probabilities, y, predicted = plain_passes[id(classifier)]
-        # A clone made outside inference mode is a normal tensor, usable under autograd.
-        with autocast(device, amp):
-            maps = explainer.explain(images, predicted.clone())
+    probabilities, y, predicted, maps = explain_predictions(classifier, explainer, images, device, amp, plain_passes)
     with torch.inference_mode():
-        maps = normalize_and_upsample(_check_maps(maps, len(images), explainer), images.shape[-2:])
         top1, top5 = _hits(probabilities, labels)
         o, masked_top1, masked_top5 = [], [], []
         for percentage in percentages:
