@@ -35,10 +35,12 @@ map ``a`` and the randomised map ``b`` (H x W):
   whose window lies inside the map (``skimage.metrics.structural_similarity(a, b,
   gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)``).
 
-A rank correlation is undefined (NaN) for an image whose map is constant (a ReLU'd map of a
-random network is often all zeros) or not finite; the summaries average the defined values
-and count the others (``undefined``). A high correlation after randomisation means the
-check failed: the map did not depend on those weights.
+A constant map (a ReLU'd map of a random network is often all zeros) has no rank order: its
+rank correlation with a map that has one counts as 0, with another constant map as 1. A map
+with a non-finite value gives NaN; the summaries average the finite values and count the
+others (``undefined``) and the images whose randomised map is constant (``constant``). A high
+correlation after randomisation means the check failed: the map did not depend on those
+weights.
 
 An L-CAM model is randomised as a whole: its classifier's groups first (the head, trained on
 that frozen classifier, kept: its maps change only through the feature maps it reads), then
@@ -129,8 +131,10 @@ def _accumulation_dtype(device: torch.device) -> torch.dtype:
 
 def spearman_correlation(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """Spearman's rank correlation of each pair of maps (N x ... each, flattened per image):
-    Pearson's correlation of their average ranks (``scipy.stats.spearmanr``); NaN where a map
-    is constant or holds a non-finite value. Returns N float32 values."""
+    Pearson's correlation of their average ranks (``scipy.stats.spearmanr``). Where that is
+    undefined: 0 when one map of the pair is constant and the other is not (a blank map
+    keeps none of the other's order), 1 when both are constant (two blank maps); NaN where a
+    map holds a non-finite value. Returns N float32 values."""
     if first.shape != second.shape:
         raise UserValueError(f"maps of different shapes: {tuple(first.shape)} and {tuple(second.shape)}")
     first, second = first.flatten(1), second.flatten(1)
@@ -141,8 +145,11 @@ def spearman_correlation(first: torch.Tensor, second: torch.Tensor) -> torch.Ten
     covariance = (first_ranks * second_ranks).sum(dim=1)
     scale = (first_ranks.square().sum(dim=1) * second_ranks.square().sum(dim=1)).sqrt()
     correlation = covariance / scale.clamp(min=torch.finfo(scale.dtype).tiny)
-    defined = finite & (scale > 0)
-    return torch.where(defined, correlation, torch.full_like(correlation, math.nan)).float()
+    first_constant = first_ranks.square().sum(dim=1) == 0
+    second_constant = second_ranks.square().sum(dim=1) == 0
+    correlation = torch.where(first_constant | second_constant, torch.zeros_like(correlation), correlation)
+    correlation = torch.where(first_constant & second_constant, torch.ones_like(correlation), correlation)
+    return torch.where(finite, correlation, torch.full_like(correlation, math.nan)).float()
 
 
 def _gaussian_window(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -345,7 +352,8 @@ class SanityResult:
         rows: one dict per (step, method): ``test``, ``step``, ``randomized``, ``method``,
             ``family``, and per metric of ``spearman``, ``spearman_abs``, ``ssim`` its mean
             over the images where it is defined and ``<metric>_std``; ``images`` and
-            ``undefined`` (images whose rank correlation is undefined).
+            ``undefined`` (images whose rank correlation is not finite) and ``constant``
+            (images whose map after the step is constant).
         methods: the methods' names, in order.
         steps: the randomised groups' names (``original`` first), then ``random label``.
         figure_images: the images of the maps figure (n x 3 x H x W, CPU).
@@ -405,6 +413,7 @@ def _scores(original: torch.Tensor, randomized: torch.Tensor, size: Sequence[int
             "spearman": spearman_correlation(first, second).cpu(),
             "spearman_abs": spearman_correlation(first_abs, second_abs).cpu(),
             "ssim": ssim(first, second).cpu(),
+            "constant": (second.flatten(1).amax(dim=1) == 0).cpu(),  # min-max makes a constant map all zeros
         }
 
 
@@ -426,6 +435,7 @@ def run_sanity_checks(
     seed: int = 0,
     limit: int | None = None,
     amp: str = "none",
+    channels_last: bool = False,
     figure_images: int = 1,
     progress: bool = True,
 ) -> SanityResult:
@@ -447,6 +457,7 @@ def run_sanity_checks(
             random classes of the label test.
         limit: at most this many images.
         amp: autocast around the explainers (``"none"``, ``"bf16"``, ``"fp16"``).
+        channels_last: feed the images in channels_last memory format.
         figure_images: the first images whose maps are kept for :func:`save_sanity_maps`.
         progress: a tqdm bar over steps x images.
 
@@ -456,6 +467,7 @@ def run_sanity_checks(
     if mode not in MODES:
         raise UserValueError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
     device = torch.device(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     batches, unreadable = _cached_batches(loader, limit)
     entries = list(build_entries(network))
     if not entries:
@@ -476,7 +488,7 @@ def run_sanity_checks(
         # the trained network: the explained class k, the original maps, the random other classes
         originals: list[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []
         for images in batches:
-            images = images.to(device)
+            images = images.to(device).contiguous(memory_format=memory_format)
             per_method, plain_passes, shifts = {}, {}, None
             for entry in entries:
                 recorder = _RawMaps(entry.explainer)
@@ -498,15 +510,15 @@ def run_sanity_checks(
                 randomize_(group, seed + step.index)
             checked = entries if step.test == "label" else randomized_entries
             for batch_index, images in enumerate(batches):
-                images = images.to(device)
+                images = images.to(device).contiguous(memory_format=memory_format)
                 for entry in checked:
                     predicted, others, original_maps = originals[batch_index][entry.name]
                     classes = others if step.test == "label" else predicted
                     maps = _explain(entry.explainer, images, classes, device, amp).detach().float()
                     measured = _scores(original_maps.to(device), maps, images.shape[-2:])
-                    slot = scores.setdefault((step.index, entry.name), {name: [] for name in METRICS})
-                    for name in METRICS:
-                        slot[name].append(measured[name])
+                    slot = scores.setdefault((step.index, entry.name), {name: [] for name in measured})
+                    for name, values in measured.items():
+                        slot[name].append(values)
                     if batch_index == 0 and figure_count:
                         with torch.inference_mode():
                             shown = normalize_and_upsample(maps[:figure_count], images.shape[-2:]).cpu()
@@ -557,6 +569,7 @@ def _summary_row(step: _Step, entry: Entry, values: dict[str, list[torch.Tensor]
         row[f"{name}_std"] = float(defined.std(correction=0)) if len(defined) else math.nan
     row["images"] = num_images
     row["undefined"] = int((~torch.isfinite(torch.cat(values["spearman"]))).sum())
+    row["constant"] = int(torch.cat(values["constant"]).sum())
     return row
 
 
@@ -576,6 +589,7 @@ _CSV_FIELDS = (
     "ssim_std",
     "images",
     "undefined",
+    "constant",
 )
 
 TABLE_NOTE = (
