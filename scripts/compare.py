@@ -25,6 +25,7 @@ import torch
 from models import ARCH_CHOICES, BackboneFamily, families, get_family
 from utils.core.cli import (
     HelpFormatter,
+    add_datalist_arguments,
     add_device_arguments,
     add_image_size_arguments,
     add_subset_arguments,
@@ -32,7 +33,7 @@ from utils.core.cli import (
     positive_int,
     run_cli,
 )
-from utils.core.errors import UserValueError, closest_names
+from utils.core.errors import closest_names
 from utils.core.files import ensure_writable, write_json
 from utils.core.runtime import AMP_CHOICES, resolve_device, seed_everything
 from utils.data.datalists import check_images_exist, samples_from
@@ -47,10 +48,13 @@ from utils.evaluation import (
 )
 from utils.evaluation.comparison import (
     Entry,
-    baseline_entries,
+    add_rise_arguments,
+    command_baseline_entries,
     device_description,
     evaluate_entries,
+    parse_methods,
     result_row,
+    rise_mask_dir,
     score_line,
     write_entry_result,
 )
@@ -68,7 +72,7 @@ from utils.evaluation.reports import (
     save_scores_chart,
     write_markdown,
 )
-from utils.explainers.baselines import BASELINES, NormalizedClassifier
+from utils.explainers.baselines import NormalizedClassifier
 
 __all__ = ["get_args_parser", "main"]
 
@@ -122,24 +126,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
 
     data = parser.add_argument_group("data and protocol")
-    data.add_argument(
-        "--test_list", required=True, help="datalist ('<path> <label>' lines) or a folder of class folders"
-    )
-    data.add_argument("--img_dir", default="", help="directory the datalist's paths are relative to")
+    add_datalist_arguments(data)
     add_image_size_arguments(data)
     data.add_argument("--percentages", default="0,0.5,0.85", help="fractions of pixels dropped (0 keeps 100 %%)")
     add_subset_arguments(data)
 
     methods = parser.add_argument_group("method settings")
-    methods.add_argument(
-        "--rise_masks",
-        type=positive_int,
-        default=None,
-        help="RISE masks N [the family's: " + ", ".join(f"{f.rise_masks} {f.title}" for f in families()) + "]",
-    )
-    methods.add_argument(
-        "--rise_mask_dir", default=None, help="where RISE masks are cached and reused [OUTPUT_DIR/rise_masks]"
-    )
+    add_rise_arguments(methods)
     methods.add_argument("--seed", type=int, default=0, help="seed of the RISE masks and of ROAD's noise")
     methods.add_argument(
         "--chunk_size",
@@ -182,13 +175,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
         parser.error(f"--road_percentiles must be comma-separated numbers in (0, 100), got {args.road_percentiles!r}")
     if not args.road_percentile_list or not all(0 < value < 100 for value in args.road_percentile_list):
         parser.error(f"--road_percentiles must be comma-separated numbers in (0, 100), got {args.road_percentiles!r}")
-    args.method_list = [method.strip() for method in args.methods.split(",") if method.strip()]
-    for method in args.method_list:
-        if method not in BASELINES:
-            raise UserValueError(
-                f"--methods: unknown method {method!r}; {closest_names(method, BASELINES)} "
-                f"(valid: {', '.join(BASELINES)})"
-            )
+    args.method_list = parse_methods(args.methods)
     args.lcam_list = [_key_value(text, "--lcam", parser) for text in args.lcam]
     for arch, _ in args.lcam_list:
         if arch not in ARCH_CHOICES:
@@ -228,22 +215,8 @@ def _build_entries(args: argparse.Namespace, device: torch.device) -> list[Entry
         classifier = NormalizedClassifier.from_torchvision(network, family).to(device).eval()
         classifiers[family.name] = (classifier, f"torchvision {family.name} ({weights_name})")
     for backbone, (classifier, source) in classifiers.items():
-        entries += baseline_entries(
-            classifier,
-            backbone,
-            source,
-            args.method_list,
-            args.rise_masks or classifier.family.rise_masks,
-            _rise_mask_dir(args),
-            args.crop_size,
-            seed=args.seed,
-            chunk_size=args.chunk_size,
-        )
+        entries += command_baseline_entries(args, classifier, backbone, source)
     return entries
-
-
-def _rise_mask_dir(args: argparse.Namespace) -> str:
-    return args.rise_mask_dir or os.path.join(args.output_dir, "rise_masks")
 
 
 def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tuple[list[str], list[list[Any]]]:
@@ -328,7 +301,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     percentages = _check_args(parser, args)
     ensure_writable(args.output_dir, "--output_dir", is_folder=True)
     if "rise" in args.method_list:
-        ensure_writable(_rise_mask_dir(args), "--rise_mask_dir", is_folder=True)
+        ensure_writable(rise_mask_dir(args), "--rise_mask_dir", is_folder=True)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     samples = samples_from(args.test_list, args.img_dir, args.num_classes)

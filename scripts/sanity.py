@@ -24,6 +24,7 @@ from torch import nn
 from models import ARCH_CHOICES, families, get_family
 from utils.core.cli import (
     HelpFormatter,
+    add_datalist_arguments,
     add_device_arguments,
     add_image_size_arguments,
     add_precision_arguments,
@@ -32,12 +33,18 @@ from utils.core.cli import (
     positive_int,
     run_cli,
 )
-from utils.core.errors import UserValueError, closest_names
+from utils.core.errors import closest_names
 from utils.core.files import ensure_writable
 from utils.core.runtime import resolve_device, seed_everything
 from utils.data.datalists import check_images_exist, samples_from
 from utils.evaluation import LCAMExplainer, build_eval_loader, lcam_classifier, load_lcam_model, warn_unreadable
-from utils.evaluation.comparison import Entry, baseline_entries
+from utils.evaluation.comparison import (
+    Entry,
+    add_rise_arguments,
+    command_baseline_entries,
+    parse_methods,
+    rise_mask_dir,
+)
 from utils.evaluation.sanity import (
     MODES,
     run_sanity_checks,
@@ -45,7 +52,7 @@ from utils.evaluation.sanity import (
     save_sanity_maps,
     write_sanity_tables,
 )
-from utils.explainers.baselines import BASELINES, NormalizedClassifier
+from utils.explainers.baselines import NormalizedClassifier
 
 __all__ = ["get_args_parser", "main"]
 
@@ -91,10 +98,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
 
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--test_list", required=True, help="datalist ('<path> <label>' lines) or a folder of class folders"
-    )
-    data.add_argument("--img_dir", default="", help="directory the datalist's paths are relative to")
+    add_datalist_arguments(data)
     add_image_size_arguments(data)
     add_subset_arguments(data)
     parser.set_defaults(limit=DEFAULT_IMAGES)
@@ -108,15 +112,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     checks.add_argument("--no_label_test", action="store_true", help="skip the label randomisation test")
     checks.add_argument("--seed", type=int, default=0, help="seeds the re-initialisations, the random classes, RISE")
-    checks.add_argument(
-        "--rise_masks",
-        type=positive_int,
-        default=None,
-        help="RISE masks N [the family's: " + ", ".join(f"{f.rise_masks} {f.title}" for f in families()) + "]",
-    )
-    checks.add_argument(
-        "--rise_mask_dir", default=None, help="where RISE masks are cached and reused [OUTPUT_DIR/rise_masks]"
-    )
+    add_rise_arguments(checks)
     checks.add_argument(
         "--chunk_size", type=positive_int, default=128, help="masked images per forward (Score-CAM, RISE)"
     )
@@ -146,13 +142,7 @@ def _split_pair(text: str | None, flag: str, parser: argparse.ArgumentParser) ->
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     check_image_sizes(parser, args)
-    args.method_list = [method.strip() for method in args.methods.split(",") if method.strip()]
-    for method in args.method_list:
-        if method not in BASELINES:
-            raise UserValueError(
-                f"--methods: unknown method {method!r}; {closest_names(method, BASELINES)} "
-                f"(valid: {', '.join(BASELINES)})"
-            )
+    args.method_list = parse_methods(args.methods)
     args.lcam_pair = _split_pair(args.lcam, "--lcam", parser)
     args.classifier_pair = _split_pair(args.classifier, "--classifier", parser)
     if args.lcam_pair and args.classifier_pair:
@@ -171,24 +161,6 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error("--classifier needs --methods: the baselines are what is checked on it")
 
 
-def _rise_mask_dir(args: argparse.Namespace) -> str:
-    return args.rise_mask_dir or os.path.join(args.output_dir, "rise_masks")
-
-
-def _baselines(args: argparse.Namespace, classifier: NormalizedClassifier, family: str, source: str) -> list[Entry]:
-    return baseline_entries(
-        classifier,
-        family,
-        source,
-        args.method_list,
-        args.rise_masks or classifier.family.rise_masks,
-        _rise_mask_dir(args),
-        args.crop_size,
-        seed=args.seed,
-        chunk_size=args.chunk_size,
-    )
-
-
 def _subject(
     args: argparse.Namespace, device: torch.device
 ) -> tuple[nn.Module, Callable[[nn.Module], Sequence[Entry]]]:
@@ -202,7 +174,7 @@ def _subject(
             entries = [Entry(arch, family, lcam_classifier(network), LCAMExplainer(network), metadata["path"])]
             if args.method_list:
                 classifier = NormalizedClassifier.from_lcam(network).to(device)
-                entries += _baselines(args, classifier, family, f"backbone of {arch}")
+                entries += command_baseline_entries(args, classifier, family, f"backbone of {arch}")
             return entries
 
         return model, build_lcam
@@ -215,7 +187,7 @@ def _subject(
 
     def build_baselines(network: nn.Module) -> list[Entry]:
         classifier = NormalizedClassifier.from_torchvision(network, family).to(device)
-        return _baselines(args, classifier, family.name, source)
+        return command_baseline_entries(args, classifier, family.name, source)
 
     return network, build_baselines
 
@@ -227,7 +199,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     _check_args(parser, args)
     ensure_writable(args.output_dir, "--output_dir", is_folder=True)
     if "rise" in args.method_list:
-        ensure_writable(_rise_mask_dir(args), "--rise_mask_dir", is_folder=True)
+        ensure_writable(rise_mask_dir(args), "--rise_mask_dir", is_folder=True)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     samples = samples_from(args.test_list, args.img_dir, args.num_classes)[: args.limit]

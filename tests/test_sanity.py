@@ -19,6 +19,7 @@ from torch import nn
 
 from models import build_model
 from scripts import sanity as sanity_command
+from tests.test_faults import tiny_cnn
 from tests.toy_models import tiny_lcam
 from utils.core.checkpoint import make_checkpoint, save_checkpoint
 from utils.evaluation.comparison import Entry
@@ -41,21 +42,6 @@ SIZE = 32
 NUM_CLASSES = 3  # the square's colour; with 2 classes Grad-CAM's ReLU blanks many maps
 
 
-class BlobCNN(nn.Module):
-    """Two convolutions (8 x 8 feature maps at 32 px), average pooling and a linear layer."""
-
-    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, num_classes)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.features(images)).flatten(1))
-
-
 def _blob_images(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Dim noise with one bright 8 x 8 square anywhere: red, green or blue for class 0, 1 or 2."""
     generator = torch.Generator().manual_seed(seed)
@@ -69,11 +55,11 @@ def _blob_images(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def trained_classifier() -> NormalizedClassifier:
-    """:class:`BlobCNN` trained for 60 steps to tell the squares' colours (Grad-CAM at its
-    last ReLU then points at the square)."""
+    """The tiny CNN of ``tests.test_faults`` trained for 60 steps to tell the squares'
+    colours (Grad-CAM at its last ReLU then points at the square)."""
     torch.manual_seed(0)
-    network = BlobCNN()
-    classifier = NormalizedClassifier(network, network.features[3])
+    network = tiny_cnn(NUM_CLASSES)
+    classifier = NormalizedClassifier(network, network[3])
     optimizer = torch.optim.Adam(network.parameters(), lr=0.02)
     images, labels = _blob_images(256, seed=1)
     for step in range(60):
@@ -222,7 +208,7 @@ def test_a_randomised_classifiers_gradcam_fails_the_correlation_bound(trained_cl
     before = {name: value.clone() for name, value in trained_classifier.state_dict().items()}
     result = run_sanity_checks(trained_classifier, _gradcam_entries, _loader(), progress=False)
     cascade = [row for row in result.rows if row["test"] == "cascading"]
-    assert [row["randomized"] for row in cascade] == ["classifier.fc", "classifier.features.2", "classifier.features.0"]
+    assert [row["randomized"] for row in cascade] == ["classifier.6", "classifier.2", "classifier.0"]
     fully_random = cascade[-1]
     assert fully_random["spearman"] < 0.5 and fully_random["ssim"] < 0.5  # the bound: the maps changed
     assert fully_random["undefined"] == 0 and fully_random["images"] == 8
@@ -299,7 +285,7 @@ def test_unknown_mode_is_refused():
 
 @pytest.fixture(scope="module")
 def command_setup(tmp_path_factory):
-    """A full checkpoint of a generic L-CAM on :class:`BlobCNN` and a datalist of 4 PNGs."""
+    """A full checkpoint of a generic L-CAM on :func:`tests.test_faults.tiny_cnn` and a datalist of 4 PNGs."""
     root = tmp_path_factory.mktemp("sanity")
     images, labels = _blob_images(4, seed=7)
     lines = []
@@ -310,7 +296,7 @@ def command_setup(tmp_path_factory):
     (root / "list.txt").write_text("".join(lines))
     torch.manual_seed(0)
     model = build_model(
-        "generic", pretrained=False, num_classes=NUM_CLASSES, backbone="tests.test_sanity:BlobCNN", input_size=SIZE
+        "generic", pretrained=False, num_classes=NUM_CLASSES, backbone="tests.test_faults:tiny_cnn", input_size=SIZE
     )
     checkpoint = save_checkpoint(make_checkpoint(model, 1, 4, full=True), root / "lcam.pth.tar")
     return root, checkpoint
@@ -332,7 +318,7 @@ def test_the_command_writes_its_tables_and_figures(command_setup, tmp_path, run_
     )
     assert status == 0, err
     document = json.loads((output / "sanity.json").read_text())
-    steps = ["network.fc", "network.features.2", "network.features.0", HEAD_NAME, LABEL_STEP]
+    steps = ["network.6", "network.2", "network.0", HEAD_NAME, LABEL_STEP]
     assert document["steps"] == ["original", *steps] and document["num_images"] == 4
     assert [(row["randomized"], row["method"]) for row in document["results"]] == [
         (step, method) for step in steps for method in ("generic", "gradcam")
@@ -341,7 +327,7 @@ def test_the_command_writes_its_tables_and_figures(command_setup, tmp_path, run_
         rows = list(csv.DictReader(handle))
     assert len(rows) == 10 and float(rows[0]["spearman"]) == pytest.approx(1.0)  # L-CAM ignores the fc layer
     markdown = (output / "sanity.md").read_text()
-    assert "| cascading | 1 | network.fc | 1.00 / 1.00 / 1.00 |" in markdown and markdown in out
+    assert "| cascading | 1 | network.6 | 1.00 / 1.00 / 1.00 |" in markdown and markdown in out
     maps = Image.open(output / "sanity_maps.png")
     curves = Image.open(output / "sanity_curves.png")
     assert maps.size[1] > 1.5 * maps.size[0] and curves.size[0] > curves.size[1]  # 6 rows x 3 columns; 3 panels

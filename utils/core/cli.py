@@ -19,6 +19,7 @@ __all__ = [
     "USER_ERRORS",
     "DEFAULT_WORKERS",
     "HelpFormatter",
+    "add_datalist_arguments",
     "add_decode_argument",
     "add_device_arguments",
     "add_image_size_arguments",
@@ -95,6 +96,14 @@ def check_image_sizes(parser: argparse.ArgumentParser, args: argparse.Namespace)
     """A parser error when ``--crop_size`` is larger than ``--input_size``."""
     if args.crop_size > args.input_size:
         parser.error(f"--crop_size {args.crop_size} is larger than --input_size {args.input_size}")
+
+
+def add_datalist_arguments(group: argparse._ActionsContainer) -> None:
+    """``--test_list`` (required: a datalist or a folder of class folders) and ``--img_dir``."""
+    group.add_argument(
+        "--test_list", required=True, help="datalist ('<path> <label>' lines) or a folder of class folders"
+    )
+    group.add_argument("--img_dir", default="", help="directory the datalist's paths are relative to")
 
 
 def add_subset_arguments(group: argparse._ActionsContainer) -> None:

@@ -5,6 +5,7 @@ the time each explainer takes, and one pass over the images for all the rows of 
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -12,17 +13,24 @@ from typing import Any, NamedTuple
 
 import torch
 
+from models.families import families
+from utils.core.cli import positive_int
+from utils.core.errors import UserValueError, closest_names
 from utils.evaluation.protocol import EvaluationResult, evaluate, evaluate_many, write_result
 from utils.evaluation.reports import kept_label
-from utils.explainers.baselines import NormalizedClassifier, build_explainer
+from utils.explainers.baselines import BASELINES, NormalizedClassifier, build_explainer
 
 __all__ = [
     "Entry",
     "TimedExplainer",
+    "add_rise_arguments",
     "baseline_entries",
+    "command_baseline_entries",
     "device_description",
     "evaluate_entries",
+    "parse_methods",
     "result_row",
+    "rise_mask_dir",
     "rise_mask_file",
     "score_line",
     "write_entry_result",
@@ -76,6 +84,42 @@ class TimedExplainer:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
+def parse_methods(text: str) -> list[str]:
+    """``--methods``: comma-separated names of :data:`utils.explainers.baselines.BASELINES`
+    (``''``: none).
+
+    Raises:
+        ValueError: an unknown name (with the closest ones and the valid ones).
+    """
+    methods = [method.strip() for method in text.split(",") if method.strip()]
+    for method in methods:
+        if method not in BASELINES:
+            raise UserValueError(
+                f"--methods: unknown method {method!r}; {closest_names(method, BASELINES)} "
+                f"(valid: {', '.join(BASELINES)})"
+            )
+    return methods
+
+
+def add_rise_arguments(group: argparse._ActionsContainer) -> None:
+    """``--rise_masks`` (default: the classifier's family's) and ``--rise_mask_dir``
+    (default: :func:`rise_mask_dir`)."""
+    group.add_argument(
+        "--rise_masks",
+        type=positive_int,
+        default=None,
+        help="RISE masks N [the family's: " + ", ".join(f"{f.rise_masks} {f.title}" for f in families()) + "]",
+    )
+    group.add_argument(
+        "--rise_mask_dir", default=None, help="where RISE masks are cached and reused [OUTPUT_DIR/rise_masks]"
+    )
+
+
+def rise_mask_dir(args: argparse.Namespace) -> str:
+    """Where RISE's masks are cached: ``--rise_mask_dir``, or ``OUTPUT_DIR/rise_masks``."""
+    return args.rise_mask_dir or os.path.join(args.output_dir, "rise_masks")
+
+
 def rise_mask_file(num_masks: int, seed: int, crop_size: int) -> str:
     """The file name RISE's masks are cached under (reused by later runs with the same settings)."""
     return f"rise_N{num_masks}_s7_p0.5_seed{seed}_{crop_size}px.pt"
@@ -115,6 +159,25 @@ def baseline_entries(
         )
         for method in methods
     ]
+
+
+def command_baseline_entries(
+    args: argparse.Namespace, classifier: NormalizedClassifier, family: str, source: str
+) -> list[Entry]:
+    """:func:`baseline_entries` with a command's flags: ``--methods`` (parsed into
+    ``args.method_list``), ``--rise_masks`` (default: the classifier's family's),
+    ``--rise_mask_dir``, ``--crop_size``, ``--seed``, ``--chunk_size``."""
+    return baseline_entries(
+        classifier,
+        family,
+        source,
+        args.method_list,
+        args.rise_masks or classifier.family.rise_masks,
+        rise_mask_dir(args),
+        args.crop_size,
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+    )
 
 
 def device_description(device: torch.device) -> str:

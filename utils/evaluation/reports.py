@@ -23,6 +23,7 @@ __all__ = [
     "kept_label",
     "save_overlay_grid",
     "save_scores_chart",
+    "save_with_legend",
     "write_markdown",
 ]
 
@@ -121,7 +122,13 @@ def save_scores_chart(scores: Sequence[MethodScores], percentages: Sequence[floa
         axis.set_xticks(range(len(labels)), labels)
         axis.set_ylabel("%")
         axis.set_title(title, fontsize=10)
-    handles, labels = axes[0].get_legend_handles_labels()
+    return save_with_legend(figure, axes[0], path)
+
+
+def save_with_legend(figure: Figure, axis, path: str | os.PathLike) -> str:
+    """Save ``figure`` to ``path`` with ``axis``'s legend at its right (one legend for all
+    the panels); returns the path."""
+    handles, labels = axis.get_legend_handles_labels()
     figure.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     figure.tight_layout()
     path = os.fspath(path)

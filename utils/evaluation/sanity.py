@@ -71,7 +71,7 @@ from utils.core.files import write_json
 from utils.core.runtime import autocast
 from utils.evaluation.comparison import Entry
 from utils.evaluation.protocol import _unpack, explain_predictions, normalize_and_upsample
-from utils.evaluation.reports import ResultsTable, write_markdown
+from utils.evaluation.reports import ResultsTable, save_with_legend, write_markdown
 from utils.evaluation.visualize import heatmap, save_table, to_pil
 
 __all__ = [
@@ -467,91 +467,109 @@ def run_sanity_checks(
     if mode not in MODES:
         raise UserValueError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
     device = torch.device(device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     batches, unreadable = _cached_batches(loader, limit)
     entries = list(build_entries(network))
     if not entries:
         raise UserValueError("no explainer to check: build_entries returned none")
-    methods = [entry.name for entry in entries]
     randomized_network = copy.deepcopy(network)
     randomized_entries = list(build_entries(randomized_network))
     groups = layer_groups(randomized_network)
     steps = _steps(groups, mode) + ([_Step("label", len(groups) + 1, LABEL_STEP)] if label_test else [])
-    num_images = sum(len(images) for images in batches)
-    figure_count = min(figure_images, len(batches[0]))
-    scores: dict[tuple[int, str], dict[str, list[torch.Tensor]]] = {}
-    figure_maps: dict[str, dict[str, torch.Tensor]] = {}
     original_state = copy.deepcopy(network.state_dict()) if mode == "independent" else None
-    bar = tqdm(total=num_images * (len(steps) + 1), unit="img", desc="sanity", disable=not progress, dynamic_ncols=True)
-    generator = torch.Generator().manual_seed(seed)
+    run = _Run(batches, device, amp, channels_last, figure_images)
+    bar = tqdm(
+        total=run.num_images * (len(steps) + 1), unit="img", desc="sanity", disable=not progress, dynamic_ncols=True
+    )
     try:
-        # the trained network: the explained class k, the original maps, the random other classes
-        originals: list[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []
-        for images in batches:
-            images = images.to(device).contiguous(memory_format=memory_format)
-            per_method, plain_passes, shifts = {}, {}, None
-            for entry in entries:
-                recorder = _RawMaps(entry.explainer)
-                probabilities, _, predicted, _ = explain_predictions(
-                    entry.classifier, recorder, images, device, amp, plain_passes
-                )
-                num_classes = probabilities.size(1)
-                if shifts is None:
-                    shifts = _class_shifts(len(images), num_classes, generator) if label_test else 0
-                others = (predicted + torch.as_tensor(shifts, device=device)) % num_classes
-                per_method[entry.name] = (predicted.clone(), others, recorder.maps.detach().float().cpu())
-            originals.append(per_method)
-            bar.update(len(images))
-        figure_maps["original"] = _figure_maps(originals[0], batches[0], figure_count, device, methods)
+        run.explain_originals(entries, seed if label_test else None, bar)
         for step in steps:
-            if step.test == "independent":
+            if original_state is not None:
                 randomized_network.load_state_dict(original_state)
             for group in step.groups:
                 randomize_(group, seed + step.index)
-            checked = entries if step.test == "label" else randomized_entries
-            for batch_index, images in enumerate(batches):
-                images = images.to(device).contiguous(memory_format=memory_format)
-                for entry in checked:
-                    predicted, others, original_maps = originals[batch_index][entry.name]
-                    classes = others if step.test == "label" else predicted
-                    maps = _explain(entry.explainer, images, classes, device, amp).detach().float()
-                    measured = _scores(original_maps.to(device), maps, images.shape[-2:])
-                    slot = scores.setdefault((step.index, entry.name), {name: [] for name in measured})
-                    for name, values in measured.items():
-                        slot[name].append(values)
-                    if batch_index == 0 and figure_count:
-                        with torch.inference_mode():
-                            shown = normalize_and_upsample(maps[:figure_count], images.shape[-2:]).cpu()
-                        figure_maps.setdefault(step.randomized, {})[entry.name] = shown
-                bar.update(len(images))
+            run.compare(step, entries if step.test == "label" else randomized_entries, bar)
     finally:
         bar.close()
-    rows = [
-        _summary_row(step, entry, scores[(step.index, entry.name)], num_images) for step in steps for entry in entries
-    ]
     return SanityResult(
-        rows=rows,
-        methods=methods,
+        rows=[
+            _summary_row(step, entry, run.scores[(step.index, entry.name)], run.num_images)
+            for step in steps
+            for entry in entries
+        ],
+        methods=[entry.name for entry in entries],
         steps=["original", *(step.randomized for step in steps)],
-        figure_images=batches[0][:figure_count].clone(),
-        figure_maps=figure_maps,
-        num_images=num_images,
+        figure_images=batches[0][: run.figure_count].clone(),
+        figure_maps=run.figure_maps,
+        num_images=run.num_images,
         unreadable=unreadable,
     )
 
 
-def _figure_maps(
-    originals: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    images: torch.Tensor,
-    count: int,
-    device: torch.device,
-    methods: Sequence[str],
-) -> dict[str, torch.Tensor]:
-    with torch.inference_mode():
-        return {
-            name: normalize_and_upsample(originals[name][2][:count].to(device), images.shape[-2:]).cpu()
-            for name in methods
-        }
+class _Run:
+    """The images of a run (CPU batches), the trained network's explained classes and raw
+    maps per batch and method, and the scores and figure maps gathered step by step."""
+
+    def __init__(
+        self, batches: list[torch.Tensor], device: torch.device, amp: str, channels_last: bool, figure_images: int
+    ) -> None:
+        self.batches = batches
+        self.device, self.amp = device, amp
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.num_images = sum(len(images) for images in batches)
+        self.figure_count = min(figure_images, len(batches[0]))
+        # per batch, per method: (the explained class k, the random other class, the raw map of k)
+        self.originals: list[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []
+        self.scores: dict[tuple[int, str], dict[str, list[torch.Tensor]]] = {}
+        self.figure_maps: dict[str, dict[str, torch.Tensor]] = {}
+
+    def _on_device(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device).contiguous(memory_format=self.memory_format)
+
+    def _keep_for_figure(self, step_name: str, method: str, maps: torch.Tensor, size: Sequence[int]) -> None:
+        if self.figure_count:
+            with torch.inference_mode():
+                shown = normalize_and_upsample(maps[: self.figure_count].float(), size).cpu()
+            self.figure_maps.setdefault(step_name, {})[method] = shown
+
+    def explain_originals(self, entries: Sequence[Entry], label_seed: int | None, bar: tqdm) -> None:
+        """On the trained network: each method's explained class k (its classifier's
+        prediction) and raw map of k; a random other class per image (seeded by
+        ``label_seed``; None: no label test)."""
+        generator = torch.Generator().manual_seed(label_seed or 0)
+        for batch_index, images in enumerate(self.batches):
+            images = self._on_device(images)
+            per_method, plain_passes, shifts = {}, {}, None
+            for entry in entries:
+                recorder = _RawMaps(entry.explainer)
+                probabilities, _, predicted, _ = explain_predictions(
+                    entry.classifier, recorder, images, self.device, self.amp, plain_passes
+                )
+                num_classes = probabilities.size(1)
+                if shifts is None:
+                    shifts = _class_shifts(len(images), num_classes, generator) if label_seed is not None else 0
+                others = (predicted + torch.as_tensor(shifts, device=self.device)) % num_classes
+                per_method[entry.name] = (predicted.clone(), others, recorder.maps.detach().float().cpu())
+                if batch_index == 0:
+                    self._keep_for_figure("original", entry.name, recorder.maps.detach(), images.shape[-2:])
+            self.originals.append(per_method)
+            bar.update(len(images))
+
+    def compare(self, step: _Step, entries: Sequence[Entry], bar: tqdm) -> None:
+        """Explain every image again with ``entries`` (k, or the other class for the label
+        test) and score the maps against the originals."""
+        for batch_index, images in enumerate(self.batches):
+            images = self._on_device(images)
+            for entry in entries:
+                predicted, others, original_maps = self.originals[batch_index][entry.name]
+                classes = others if step.test == "label" else predicted
+                maps = _explain(entry.explainer, images, classes, self.device, self.amp).detach().float()
+                measured = _scores(original_maps.to(self.device), maps, images.shape[-2:])
+                slot = self.scores.setdefault((step.index, entry.name), {name: [] for name in measured})
+                for name, values in measured.items():
+                    slot[name].append(values)
+                if batch_index == 0:
+                    self._keep_for_figure(step.randomized, entry.name, maps, images.shape[-2:])
+            bar.update(len(images))
 
 
 def _summary_row(step: _Step, entry: Entry, values: dict[str, list[torch.Tensor]], num_images: int) -> dict[str, Any]:
@@ -701,9 +719,4 @@ def save_sanity_curves(result: SanityResult, path: str | os.PathLike) -> str:
         axis.set_ylim(-1.05 if metric != "ssim" else -0.05, 1.05)
         axis.set_title(f"{METRIC_TITLES[metric]} with the original maps", fontsize=10)
         axis.set_xlabel("randomised (output → input)", fontsize=8)
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    figure.tight_layout()
-    path = os.fspath(path)
-    figure.savefig(path, bbox_inches="tight")
-    return path
+    return save_with_legend(figure, axes[0], path)
