@@ -185,8 +185,15 @@ def test_layer_groups_run_from_the_output_down_in_torchvision_blocks():
 
 
 def test_an_lcam_models_head_is_randomised_last():
-    names = [group.name for group in layer_groups(tiny_lcam())]
-    assert names == ["head", "features.2", "features.0", HEAD_NAME]
+    model = tiny_lcam()
+    assert [group.name for group in layer_groups(model)] == ["head", "features.2", "features.0", HEAD_NAME]
+    wrapped = [group.name for group in layer_groups(NormalizedClassifier.from_lcam(model))]
+    assert wrapped == [
+        "classifier.lcam_model.head",
+        "classifier.lcam_model.features.2",
+        "classifier.lcam_model.features.0",
+        HEAD_NAME,
+    ]
 
 
 def test_randomize_changes_the_group_only_and_is_seeded():

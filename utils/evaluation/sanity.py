@@ -75,6 +75,9 @@ from utils.evaluation.reports import ResultsTable, save_with_legend, write_markd
 from utils.evaluation.visualize import heatmap, save_table, to_pil
 
 __all__ = [
+    "HEAD_NAME",
+    "LABEL_STEP",
+    "METRICS",
     "MODES",
     "SSIM_SIGMA",
     "SSIM_WINDOW",
@@ -267,15 +270,15 @@ def layer_groups(network: nn.Module) -> list[LayerGroup]:
     ``Sequential``/``ModuleList``/``ModuleDict`` (a VGG convolution, a ResNet bottleneck) or
     a parameterised leaf elsewhere (ResNet's ``conv1``, ``fc``); a normalisation layer joins
     the layer before it in the same parent (``conv1+bn1``); other modules (a network inside
-    a wrapper) are looked into. For an L-CAM model, the attention head ``attnM`` comes last
-    (see the module docstring).
+    a wrapper) are looked into. For an L-CAM model (or a wrapper of one), the attention head
+    ``attnM`` comes last (see the module docstring).
 
     Raises:
         ValueError: ``network`` has no parameter.
     """
     if not isinstance(network, nn.Module):
         raise UserTypeError(f"'network' must be a torch.nn.Module, got {type(network).__name__}")
-    head = network.attnM if isinstance(network, LCAM) else None
+    head = next((module.attnM for module in network.modules() if isinstance(module, LCAM)), None)
     groups: list[LayerGroup] = []
     _walk(network, "", False, groups, head)
     groups.reverse()
