@@ -330,7 +330,7 @@ def _table_html(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = []
     for column in header:
         better = better_direction(column)
-        mark = {"lower": " ↓", "higher": " ↑"}.get(better, "")
+        mark = "" if "↓" in column or "↑" in column else {"lower": " ↓", "higher": " ↑"}.get(better, "")
         hint = f"{better} is better; click to sort" if better else "click to sort"
         attribute = f' data-better="{better}"' if better else ""
         cells.append(f'<th{attribute} title="{hint}"><button type="button">{html.escape(str(column))}{mark}</button></th>')
