@@ -54,13 +54,13 @@ from utils.evaluation.comparison import (
     score_line,
     write_entry_result,
 )
+from utils.evaluation.html_report import write_comparison_report
 from utils.evaluation.insertion_deletion import (
     SUBSTRATES,
     evaluate_insertion_deletion,
     insertion_deletion_row,
     save_curves_figure,
 )
-from utils.evaluation.html_report import write_comparison_report
 from utils.evaluation.reports import (
     MethodScores,
     ResultsTable,

@@ -140,7 +140,7 @@ def _copy_assets(output_dir: str, names: Sequence[str]) -> None:
 def _page(title: str, body: str, scripts: Sequence[str]) -> str:
     tags = "\n".join(f'<script src="{html.escape(script)}"></script>' for script in scripts)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title)}</title>\n"
         '<link rel="stylesheet" href="report.css">\n</head>\n'
@@ -333,11 +333,15 @@ def _table_html(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         mark = "" if "↓" in column or "↑" in column else {"lower": " ↓", "higher": " ↑"}.get(better, "")
         hint = f"{better} is better; click to sort" if better else "click to sort"
         attribute = f' data-better="{better}"' if better else ""
-        cells.append(f'<th{attribute} title="{hint}"><button type="button">{html.escape(str(column))}{mark}</button></th>')
+        cells.append(
+            f'<th{attribute} title="{hint}"><button type="button">{html.escape(str(column))}{mark}</button></th>'
+        )
     lines = ['<table class="metrics sortable">', "<thead><tr>" + "".join(cells) + "</tr></thead>", "<tbody>"]
     for row in rows:
         lines.append(
-            "<tr>" + "".join(f'<td data-value="{html.escape(str(cell))}">{html.escape(str(cell))}</td>' for cell in row) + "</tr>"
+            "<tr>"
+            + "".join(f'<td data-value="{html.escape(str(cell))}">{html.escape(str(cell))}</td>' for cell in row)
+            + "</tr>"
         )
     lines += ["</tbody>", "</table>"]
     return "\n".join(lines)
@@ -351,7 +355,7 @@ def _maps_html(
     map_titles: Sequence[Sequence[str]] | None,
 ) -> str:
     head = "<th>image</th>" + "".join(f"<th>{html.escape(title)}</th>" for title in method_titles)
-    lines = ['<h2>Maps</h2>', '<table class="maps">', f"<thead><tr>{head}</tr></thead>", "<tbody>"]
+    lines = ["<h2>Maps</h2>", '<table class="maps">', f"<thead><tr>{head}</tr></thead>", "<tbody>"]
     for row, image in enumerate(images):
         name = f"maps/{row:03d}_image.png"
         to_pil(image).save(os.path.join(output_dir, name))
