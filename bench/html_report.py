@@ -69,7 +69,13 @@ def measure_loads(page: str, chromium: str, loads: int) -> dict[str, list[float]
     """Seconds to open ``page`` until its first map is drawn, to switch image, to pick a class."""
     from playwright.sync_api import sync_playwright
 
-    timings: dict[str, list[float]] = {"open_s": [], "open_wall_s": [], "switch_image_s": [], "pick_class_s": []}
+    timings: dict[str, list[float]] = {
+        "open_s": [],
+        "open_wall_s": [],
+        "switch_image_s": [],
+        "pick_class_s": [],
+        "pick_class_render_s": [],
+    }
     ready = "document.body.dataset.state === 'ready' && document.querySelector('#panel-a canvas').dataset.{} === '{}'"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
@@ -91,6 +97,7 @@ def measure_loads(page: str, chromium: str, loads: int) -> dict[str, list[float]
                     f"document.querySelector('#panel-a canvas').dataset.class === {tab.input_value('#panel-a .picker')!r}"
                 )
                 timings["pick_class_s"].append(time.perf_counter() - start)
+                timings["pick_class_render_s"].append(float(tab.evaluate("document.body.dataset.renderMs")) / 1000)
                 tab.close()
         finally:
             browser.close()

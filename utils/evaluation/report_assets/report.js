@@ -279,13 +279,14 @@
         order.push(k);
     }
     if (data) order.sort((a, b) => data.probabilities[b] - data.probabilities[a] || a - b);
-    panel.picker.textContent = "";
+    panel.filled = true;
+    const options = document.createDocumentFragment();
     for (const k of order) {
       const p = data ? " " + formatProbability(data.probabilities[k]) : "";
-      const option = element("option", { value: String(k), text: className(k) + p });
-      if (k === state.classes[side]) option.selected = true;
-      panel.picker.appendChild(option);
+      const option = new Option(className(k) + p, String(k), false, k === state.classes[side]);
+      options.appendChild(option);
     }
+    panel.picker.replaceChildren(options);
     return entry;
   }
 
@@ -319,6 +320,7 @@
         for (const panel of ui.panels) {
           panel.data = data;
           panel.search.value = "";
+          panel.filled = false;
         }
         render();
       },
@@ -337,6 +339,7 @@
   function render() {
     const entry = report.images[state.image];
     if (!entry || entry.failed || !ui.panels[0].data) return;
+    const started = performance.now();
     const [H, W] = report.crop;
     const [h, w] = report.cam;
     ui.panels.forEach(function (panel, side) {
@@ -352,9 +355,11 @@
       panel.canvas.dataset.class = String(k);
       panel.canvas.dataset.alpha = String(state.alpha);
       panel.caption.textContent = className(k) + ": p = " + formatProbability(data.probabilities[k]);
-      fillPicker(side);
+      if (!panel.filled) fillPicker(side);
+      else if (panel.picker.value !== String(k)) panel.picker.value = String(k);
     });
     document.body.dataset.state = "ready";
+    document.body.dataset.renderMs = (performance.now() - started).toFixed(1);
     if (window.lcamReportFirstRender === undefined) window.lcamReportFirstRender = performance.now();
     updateHash();
   }
