@@ -222,7 +222,9 @@ def explain_images(
     and ``explanations.json``, each batch's files as soon as it is explained
     (``explanations.json`` is rewritten after every batch), so an interrupted run keeps what
     it did. Unreadable images are skipped and listed in the result (and in
-    ``explanations.json``).
+    ``explanations.json``). With ``html_dir``, the web page of every class's map is written
+    there as well (:class:`utils.evaluation.html_report.ExplanationReport`; unreadable images
+    appear in it as named failures).
 
     Args:
         model: the L-CAM model, in eval mode.

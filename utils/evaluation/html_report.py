@@ -309,6 +309,7 @@ def write_comparison_report(
     _copy_assets(output_dir, ("report.css", "table.js"))
     parts = [f"<h1>{html.escape(title)}</h1>"]
     parts.append(_table_html(header, rows))
+    parts.append('<p class="note">↓: lower is better, ↑: higher is better. Click a column\'s name to sort by it.</p>')
     if note:
         parts.append(f'<p class="note">{html.escape(note)}</p>')
     for number, (figure_title, path) in enumerate(figures):
