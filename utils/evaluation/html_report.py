@@ -272,7 +272,7 @@ def read_image_data(output_dir: str | os.PathLike, entry: Mapping[str, Any]) -> 
     tensor) and ``probabilities`` (K float32), decoded as the page decodes them."""
     index = read_report_data(output_dir)
     _, payload = _read_callback_file(os.path.join(os.fspath(output_dir), entry["data"]), _IMAGE_CALLBACK)
-    header, encoded = payload["image"].split(",", 1)
+    encoded = payload["image"].split(",", 1)[1]
     image = Image.open(io.BytesIO(base64.b64decode(encoded)))
     image.load()
     maps = np.frombuffer(base64.b64decode(payload["maps"]), dtype=np.uint8)
