@@ -186,6 +186,14 @@ def test_explain_command_writes_the_page_with_imagenet_names(make_model, tmp_pat
     assert read_image_data(tmp_path / "page", index["images"][0])["maps"].shape == (1000, 1, 1)
 
 
+def test_unwritable_html_folder_fails_in_one_line_before_any_work(tmp_path, run_command):
+    (tmp_path / "taken").write_text("a file")
+    argv = ["--input", str(tmp_path), "--output_dir", str(tmp_path / "png"), "--html", str(tmp_path / "taken" / "page")]
+    status, out, err = run_command(main, get_args_parser(), argv)
+    assert status == 2 and out == ""
+    assert "(--html)" in err and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+
+
 # --- in the browser ---
 
 
