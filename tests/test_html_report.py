@@ -325,6 +325,20 @@ def test_hostile_names_are_text_and_unreadable_image_is_named(tiny_run, open_pag
     assert tab.problems == []
 
 
+def test_missing_data_file_is_reported_in_the_page(tiny_run, open_page, tmp_path):
+    _, _, page = tiny_run
+    copy = shutil.copytree(page, tmp_path / "page")
+    entries = read_report_data(copy)["images"]
+    os.remove(os.path.join(copy, entries[-1]["data"]))
+    tab = open_page(os.path.join(copy, "index.html"))
+    _card(tab, entries[-1]["name"]).click()
+    tab.wait_for_function("document.body.dataset.state === 'failed'")
+    assert "The data of this image are missing: cannot load " + entries[-1]["data"] in tab.inner_text("#message")
+    _card(tab, "a.png").click()  # the other images still work
+    tab.wait_for_function("document.body.dataset.state === 'ready'")
+    assert tab.problems == []
+
+
 def test_comparison_table_sorts_by_a_clicked_column(tmp_path, open_page):
     rows = [["vgg16", "L-CAM", 10.5, 3.0], ["vgg16", "gradcam", 20.25, 9.0], ["vgg16", "rise", 2.0, 1.0]]
     page = write_comparison_report(tmp_path, ["backbone", "method", "AD@100%", "IC@100%"], rows)
