@@ -22,7 +22,8 @@ the map kept, and localisation against the digits' boxes; (6) draw the figures.
 Every output goes under --output_dir (checked before any work starts), each as soon as its
 step finishes: classifier.pth and the accuracy in results.json after step 2, the heads'
 checkpoints under heads/ after each epoch, results.md, results.csv and results.json after
-each evaluated method, overlays.png and metrics.png at the end. An interrupted run keeps
+each evaluated method, overlays.png, metrics.png and report/index.html (a web page of every
+digit's map by an L-CAM head, to open in a browser) at the end. An interrupted run keeps
 what was finished.
 """
 
@@ -49,6 +50,7 @@ from utils.core.files import atomic_open, ensure_writable, write_json
 from utils.core.runtime import resolve_device, seed_everything
 from utils.data.digits import CLASS_NAMES, DatasetSettingsError, DigitsSplit, load_split, make_digits_dataset
 from utils.evaluation import LCAMExplainer, evaluate, normalize_and_upsample
+from utils.evaluation.explanations import ExplainOptions, explain_images
 from utils.evaluation.localization import LocalizationMeter
 from utils.evaluation.reports import MethodScores, ResultsTable, save_overlay_grid, save_scores_chart, write_markdown
 from utils.explainers.baselines import NormalizedClassifier, build_explainer
@@ -66,6 +68,7 @@ LCAM_METHODS = {
 BASELINE_METHODS = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "scorecam": "Score-CAM", "rise": "RISE"}
 ALL_METHODS = (*LCAM_METHODS, *BASELINE_METHODS)
 RECOMMENDED = "lcam_img_own"
+REPORT_IMAGES = 24  # held-out images in report/index.html
 QUICK = {
     "num_train": 300,
     "num_val": 60,
@@ -402,6 +405,24 @@ def save_overlays(test: DigitsSplit, keys: list[str], maps: dict[str, torch.Tens
     )
 
 
+def write_report_page(heads: dict[str, GenericLCAM], test: DigitsSplit, args, device: torch.device) -> str | None:
+    """``report/index.html``: every digit's map of held-out images by the recommended L-CAM
+    head (else the first trained), to browse; None without an L-CAM head."""
+    key = RECOMMENDED if RECOMMENDED in heads else next(iter(heads), None)
+    if key is None:
+        return None
+    options = ExplainOptions(
+        class_names=CLASS_NAMES,
+        html_dir=os.path.join(args.output_dir, "report"),
+        input_size=args.canvas_size,
+        crop_size=args.canvas_size,
+        device=device,
+        keep_maps=False,
+        progress=False,
+    )
+    return explain_images(heads[key], test.paths[:REPORT_IMAGES], options).page
+
+
 class _RunRecord:
     """The run's settings, status and seconds per step; written with the results so far
     after each step (:func:`write_results`), so an interrupted run keeps what was done."""
@@ -529,9 +550,10 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         record.tick(f"evaluate {key}")
         record.write(rows, f"{number} of {len(methods)} methods evaluated")
 
-    print("[6/6] figures")
+    print("[6/6] figures and the report page")
     save_metrics_figure(rows, os.path.join(args.output_dir, "metrics.png"))
     save_overlays(test, methods, maps, args.overlay_images, os.path.join(args.output_dir, "overlays.png"))
+    page = write_report_page(heads, test, args, device)
     record.tick("figures")
     table = record.write(rows, "complete")
     print(table)
@@ -541,6 +563,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     print(
         f"held-out accuracy {accuracy['test']:.1f} %; total {record.info['seconds']:.0f} s; outputs in {args.output_dir}"
     )
+    if page:
+        print(f"open {page} in a browser to see every digit's map")
     return rows
 
 

@@ -58,6 +58,7 @@ from utils.evaluation.comparison import (
     score_line,
     write_entry_result,
 )
+from utils.evaluation.html_report import write_comparison_report
 from utils.evaluation.insertion_deletion import (
     SUBSTRATES,
     evaluate_insertion_deletion,
@@ -157,6 +158,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     output = parser.add_argument_group("output and speed")
     output.add_argument("--output_dir", default="runs/compare", help="tables, figures and per-method results")
     output.add_argument("--figure_images", type=positive_int, default=4, help="rows of the qualitative figure")
+    output.add_argument(
+        "--html", default=None, metavar="OUT_DIR", help="also write a web page: sortable table, figures, maps"
+    )
     add_device_arguments(output, 16)
     output.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast the forward passes")
     output.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -269,10 +273,12 @@ def save_bar_chart(results: list[dict[str, Any]], percentages: tuple[float, ...]
     return save_scores_chart(scores, percentages, path)
 
 
-def save_qualitative_figure(entries: list[Entry], loader, device: torch.device, num_images: int, path: str) -> str:
-    """A row per image (the first ``num_images`` readable ones), a column per method: the
-    map of the class each classifier predicts, as the evaluator scores it (min-max,
-    upsampled), overlaid on the image."""
+def qualitative_maps(
+    entries: list[Entry], loader, device: torch.device, num_images: int
+) -> tuple[torch.Tensor, list[torch.Tensor], list[str], list[list[str]]]:
+    """The first ``num_images`` readable images and, per method, the map of the class each
+    classifier predicts, as the evaluator scores it (min-max, upsampled); the methods'
+    titles and the classes shown."""
     images = []
     for batch in loader:
         if batch.images is not None:
@@ -290,7 +296,7 @@ def save_qualitative_figure(entries: list[Entry], loader, device: torch.device, 
             maps.append(normalize_and_upsample(explained.detach(), images.shape[-2:]).cpu())
         classes_shown.append([f"class {int(k)}" for k in classes])
     titles = [f"{entry.name}\n({entry.family})" for entry in entries]
-    return save_overlay_grid(images, maps, titles, path, map_titles=classes_shown)
+    return images.cpu(), maps, titles, classes_shown
 
 
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> list[dict[str, Any]]:
@@ -300,6 +306,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     parser = parser or get_args_parser()
     percentages = _check_args(parser, args)
     ensure_writable(args.output_dir, "--output_dir", is_folder=True)
+    if args.html:
+        ensure_writable(args.html, "--html", is_folder=True)
     if "rise" in args.method_list:
         ensure_writable(rise_mask_dir(args), "--rise_mask_dir", is_folder=True)
     device = resolve_device(args.device)
@@ -356,13 +364,21 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         print(score_line(entry, result, timed))
         results.append(row)
         markdown, table = _write_summary(results, percentages, args)
-    chart = save_bar_chart(results, percentages, os.path.join(args.output_dir, "ad_ic.png"))
+    charts = [("AD and IC", save_bar_chart(results, percentages, os.path.join(args.output_dir, "ad_ic.png")))]
     if args.insertion_deletion:
         curves = [{"label": f"{row['method']} ({row['family']})", **row} for row in results]
-        chart += ", " + save_curves_figure(curves, os.path.join(args.output_dir, "insertion_deletion.png"))
-    figure = save_qualitative_figure(
-        entries, loader, device, args.figure_images, os.path.join(args.output_dir, "qualitative.png")
-    )
+        path = save_curves_figure(curves, os.path.join(args.output_dir, "insertion_deletion.png"))
+        charts.append(("deletion and insertion curves", path))
+    chart = ", ".join(path for _, path in charts)
+    images, maps, titles, classes_shown = qualitative_maps(entries, loader, device, args.figure_images)
+    figure = os.path.join(args.output_dir, "qualitative.png")
+    save_overlay_grid(images, maps, titles, figure, map_titles=classes_shown)
+    if args.html:
+        page = write_comparison_report(
+            args.html, *_rows(results, percentages), figures=charts, images=images, maps=maps,
+            method_titles=titles, map_titles=classes_shown, note=TABLE_NOTE,
+        )  # fmt: skip
+        figure += f", {page}"
     with open(markdown, encoding="utf-8") as handle:
         print(handle.read())
     print(f"wrote {markdown}, {table}, {chart}, {figure}")

@@ -3,6 +3,7 @@ classes) of each image, each class's CAM overlaid on the image as a heatmap (PNG
 of the shown crop), and optionally a grid of many classes, all from one forward pass.
 
     python -m scripts.explain --arch VGG16_L_CAM_Img --restore_from CKPT --input photos/ --topk 3 --grid 16
+    python -m scripts.explain ... --html runs/explain_page   # and a page to browse every class's map
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--class_names", default=None, help="file with one class name per line [ImageNet's for 1000]")
     parser.add_argument("--output_dir", default=None, help="where the PNGs go [ROOT/runs/explain]")
+    parser.add_argument(
+        "--html", default=None, metavar="OUT_DIR", help="also write a browsable page of every class's map there"
+    )
     add_image_size_arguments(parser, crop="CenterCrop (the overlays' size)")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     parser.add_argument("--colormap", default="jet", help="matplotlib colormap")
@@ -87,6 +91,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     snapshot_dir = args.snapshot_dir or os.path.join(args.root_dir, "snapshots", args.arch)
     output_dir = args.output_dir or os.path.join(args.root_dir, "runs", "explain")
     ensure_writable(output_dir, "--output_dir", is_folder=True)
+    if args.html:
+        ensure_writable(args.html, "--html", is_folder=True)
     device = resolve_device(args.device)
     samples = collect_inputs(args.input, args.img_dir)[: args.limit]
     samples = check_images_exist(samples, args.input, skip_missing=args.skip_missing)
@@ -109,6 +115,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         alpha=args.alpha,
         colormap=args.colormap,
         keep_maps=False,
+        html_dir=args.html,
     )
     run = explain_images(model, samples, options)
     for item in run.explanations:
@@ -119,6 +126,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         print(f"{item.path}: {ranked}")
     warn_unreadable(run.unreadable, listed_in=os.path.join(output_dir, "explanations.json"))
     print(f"Overlays written to {output_dir}")
+    if run.page:
+        print(f"Report page: {run.page}")
     return run
 
 

@@ -143,6 +143,8 @@ def test_compare_writes_tables_figures_and_throughput(setup, tmp_path):
         "blur",
         "--output_dir",
         str(output),
+        "--html",
+        str(tmp_path / "page"),
         sizes=SMALL_SIZES,
     )
     rows = compare.main(args, parser)
@@ -172,6 +174,9 @@ def test_compare_writes_tables_figures_and_throughput(setup, tmp_path):
         with Image.open(output / picture) as image:
             assert image.size[0] > 300
     assert (output / "rise_masks" / "rise_N8_s7_p0.5_seed0_32px.pt").is_file()
+    page = (tmp_path / "page" / "index.html").read_text()  # the web page: table, both figures, maps
+    assert page.count("<tr>") == 1 + 4 + 1 + 2 and "deletion AUC ↓ ↓" not in page
+    assert os.path.isfile(tmp_path / "page" / "figure_1.png") and os.path.isfile(tmp_path / "page" / "maps/001_03.png")
     assert os.path.isfile(output / "results" / "resnet50_gradcam-pkg_EigenCAM.json")
     # The baseline row is the shared evaluator on the L-CAM model's classifier, nothing else.
     model = compare.load_lcam_model(ARCH, checkpoint, device="cpu")[0]

@@ -17,6 +17,7 @@ from models import build_model
 from models.generic import GenericLCAM
 from utils.core.checkpoint import find_newest_checkpoint, load_checkpoint
 from utils.data.digits import make_digits_dataset
+from utils.evaluation.html_report import read_report_data
 
 
 def test_digits_cnn_splits_after_its_last_stage_and_loads_by_path(images):
@@ -42,6 +43,7 @@ def test_quick_demo_writes_table_figures_and_checkpoints(tmp_path, capsys):
     assert rows[-1]["images"] == demo.QUICK["rise_images"] and rows[0]["images"] == 24
     for name in ("results.md", "results.csv", "results.json", "metrics.png", "overlays.png", "classifier.pth"):
         assert os.path.getsize(output_dir / name) > 0, name
+    assert len(read_report_data(output_dir / "report")["images"]) == demo.REPORT_IMAGES  # the web page
     with open(output_dir / "results.json", encoding="utf-8") as handle:
         stored = json.load(handle)
     assert stored["results"] == json.loads(json.dumps(rows)) and stored["info"]["device"] == "cpu"

@@ -17,6 +17,7 @@ from utils.core.errors import UserFileNotFoundError, UserValueError
 from utils.core.files import write_json
 from utils.core.runtime import autocast
 from utils.data.datalists import IMAGE_EXTENSIONS, read_datalist
+from utils.evaluation.html_report import ExplanationReport, quantize_maps
 from utils.evaluation.protocol import build_eval_loader, normalize_and_upsample
 from utils.evaluation.visualize import overlay, save_grid, to_pil
 
@@ -51,6 +52,8 @@ class ExplainOptions:
         colormap: matplotlib colormap of the overlays.
         keep_maps: keep each image's crop and maps in the result (memory grows with the images).
         progress: show a progress bar.
+        html_dir: also write the browsable page of every class's map there
+            (:class:`utils.evaluation.html_report.ExplanationReport`; None: no page).
     """
 
     topk: int = 3
@@ -68,6 +71,7 @@ class ExplainOptions:
     colormap: str = "jet"
     keep_maps: bool = True
     progress: bool = True
+    html_dir: str | os.PathLike | None = None
 
 
 class Explanation(NamedTuple):
@@ -96,26 +100,30 @@ class Explanation(NamedTuple):
 
 
 class ExplanationRun(NamedTuple):
-    """What :func:`explain_images` returns: the explanations and the images that could not
-    be read (``{"path", "reason"}``)."""
+    """What :func:`explain_images` returns: the explanations, the images that could not
+    be read (``{"path", "reason"}``) and the browsable page (``index.html``, or None)."""
 
     explanations: list[Explanation]
     unreadable: list[dict[str, str]]
+    page: str | None = None
 
 
 class _ExplainedBatch(NamedTuple):
     """One forward's result, on the CPU: the explained classes (N x k), the grid's classes
-    (N x grid, or None), the probabilities of both and their maps at the crop's size."""
+    (N x grid, or None), the probabilities of both and their maps at the crop's size; for
+    the page, every class's probability (N x K) and quantised map (N x K x h x w uint8), or None."""
 
     chosen: torch.Tensor
     grid_classes: torch.Tensor | None
     probabilities: torch.Tensor
     maps: torch.Tensor
+    all_probabilities: torch.Tensor | None = None
+    all_maps: torch.Tensor | None = None
 
     def image(self, row: int) -> _ExplainedBatch:
         """The part of image ``row`` of the batch."""
-        grid_classes = self.grid_classes[row] if self.grid_classes is not None else None
-        return _ExplainedBatch(self.chosen[row], grid_classes, self.probabilities[row], self.maps[row])
+        parts = [part[row] if part is not None else None for part in self]
+        return _ExplainedBatch(*parts)
 
 
 def collect_inputs(source: str | os.PathLike, img_dir: str | os.PathLike = "") -> list[tuple[str, int]]:
@@ -214,7 +222,9 @@ def explain_images(
     and ``explanations.json``, each batch's files as soon as it is explained
     (``explanations.json`` is rewritten after every batch), so an interrupted run keeps what
     it did. Unreadable images are skipped and listed in the result (and in
-    ``explanations.json``).
+    ``explanations.json``). With ``html_dir``, the web page of every class's map is written
+    there as well (:class:`utils.evaluation.html_report.ExplanationReport`; unreadable images
+    appear in it as named failures).
 
     Args:
         model: the L-CAM model, in eval mode.
@@ -242,15 +252,22 @@ def explain_images(
     loader = build_eval_loader(
         samples, options.input_size, options.crop_size, options.batch_size, options.num_workers, device
     )
+    report = None
+    if options.html_dir is not None:
+        report = ExplanationReport(options.html_dir, names, options.alpha, options.colormap)
     explanations: list[Explanation] = []
     unreadable: list[dict[str, str]] = []
     with tqdm(total=len(samples), unit="img", desc="explain", disable=not options.progress, dynamic_ncols=True) as bar:
         for batch in loader:
             for index, reason in batch.failed:
                 unreadable.append({"path": samples[index][0], "reason": reason})
+                if report is not None:
+                    report.add_failure(samples[index][0], reason)
             if batch.images is not None:
                 images = batch.images.to(device, non_blocking=True)
-                explained = _explain_batch(model, images, classes, options.topk, options.grid, options.amp)
+                explained = _explain_batch(
+                    model, images, classes, options.topk, options.grid, options.amp, every_class=report is not None
+                )
                 for row, index in enumerate(batch.indices.tolist()):
                     explanation = _finish_image(
                         samples[index],
@@ -262,20 +279,38 @@ def explain_images(
                         options,
                     )
                     explanations.append(explanation)
+                    if report is not None:
+                        report.add_image(
+                            explanation.path,
+                            explanation.label,
+                            batch.images[row],
+                            explained.all_maps[row],
+                            explained.all_probabilities[row],
+                            explanation.classes,
+                        )
             if output_dir is not None:
                 _write_index(os.path.join(output_dir, "explanations.json"), explanations, unreadable)
+            if report is not None:
+                report.write_index()
             bar.update(len(batch.labels) + len(batch.failed))
     if not explanations:
         first = f"; first: {unreadable[0]['path']}: {unreadable[0]['reason']}" if unreadable else ""
         raise UserValueError(f"no readable image to explain ({len(unreadable)} unreadable{first})")
-    return ExplanationRun(explanations, unreadable)
+    return ExplanationRun(explanations, unreadable, report.index_path if report is not None else None)
 
 
 def _explain_batch(
-    model: LCAM, images: torch.Tensor, classes: list[int] | None, topk: int, grid: int, amp: str
+    model: LCAM,
+    images: torch.Tensor,
+    classes: list[int] | None,
+    topk: int,
+    grid: int,
+    amp: str,
+    every_class: bool = False,
 ) -> _ExplainedBatch:
     """One forward: the explained classes, the grid's classes, their probabilities and maps
-    at the crop's size, moved to the CPU once."""
+    at the crop's size (and with ``every_class`` every class's probability and quantised
+    map, :func:`utils.evaluation.html_report.quantize_maps`), moved to the CPU once."""
     with torch.inference_mode():
         with autocast(images.device, amp):
             out = model(images)
@@ -293,9 +328,11 @@ def _explain_batch(
         maps = maps.reshape(len(images), wanted.size(1), *images.shape[-2:])
         wanted_probabilities = probabilities.gather(1, wanted)
         wanted, wanted_probabilities, maps = (tensor.cpu() for tensor in (wanted, wanted_probabilities, maps))
+        all_probabilities = probabilities.cpu() if every_class else None
+        all_maps = quantize_maps(out.cams).cpu() if every_class else None
     count = chosen.size(1)
     grid_classes = wanted[:, count:] if grid else None
-    return _ExplainedBatch(wanted[:, :count], grid_classes, wanted_probabilities, maps)
+    return _ExplainedBatch(wanted[:, :count], grid_classes, wanted_probabilities, maps, all_probabilities, all_maps)
 
 
 def _finish_image(
