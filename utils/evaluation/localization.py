@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ from tqdm import tqdm
 
 from utils.core.errors import UserValueError
 from utils.core.files import atomic_open, write_json
+from utils.data.boxes import boxes_for_samples, read_boxes_file
 from utils.evaluation.protocol import _unpack, explain_predictions  # the protocol's reading of a batch
 from utils.explainers.protocol import Classifier, Explainer
 
@@ -60,7 +62,9 @@ __all__ = [
     "format_localization",
     "localization_cells",
     "localization_chart_scores",
+    "localization_output",
     "localization_row",
+    "load_sample_boxes",
     "max_box_accuracy",
     "pad_boxes",
     "pointing_game",
@@ -368,6 +372,34 @@ def evaluate_localization(
         correct_only=correct_only,
         summary=summary,
     )
+
+
+def load_sample_boxes(
+    path: str | os.PathLike,
+    samples: Sequence[tuple[str, int]],
+    img_dir: str | os.PathLike = "",
+    input_size: int | None = None,
+    crop_size: int | None = None,
+) -> list[torch.Tensor | None]:
+    """Read the box file ``path`` (any format of :mod:`utils.data.boxes`) and map each
+    sample's boxes onto its evaluated image (Resize ``input_size``, CenterCrop
+    ``crop_size``); one warning counts the images without a box (left out of localisation).
+    Run it before the evaluation, so a bad box file stops the run at once."""
+    boxes = boxes_for_samples(samples, read_boxes_file(path), img_dir, input_size, crop_size)
+    missing = sum(found is None for found in boxes)
+    if missing:
+        warnings.warn(
+            f"{missing} of {len(boxes)} images of the list have no box in {os.fspath(path)} (or none inside the "
+            "crop): left out of the localisation metrics",
+            stacklevel=2,
+        )
+    return boxes
+
+
+def localization_output(output: str | os.PathLike) -> str:
+    """Where the localisation results of an evaluation written to ``output`` go:
+    ``<output without extension>_localization.json``."""
+    return os.path.splitext(os.fspath(output))[0] + "_localization.json"
 
 
 def localization_row(result: LocalizationResult) -> dict[str, float | int]:
