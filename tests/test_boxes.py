@@ -90,7 +90,9 @@ def test_bad_xml_names_file_and_line(tmp_path):
     folder.mkdir()
     (folder / "a.xml").write_text(_xml([("n01", 1, 2, 3, 4)]))
     bad = folder / "b.xml"
-    bad.write_text("<annotation>\n<object><name>n01</name>\n<bndbox><xmin>1</xmin><ymin>2</ymin><xmax>3</xmax></bndbox>\n")
+    bad.write_text(
+        "<annotation>\n<object><name>n01</name>\n<bndbox><xmin>1</xmin><ymin>2</ymin><xmax>3</xmax></bndbox>\n"
+    )
     with pytest.raises(ValueError, match=f"{bad}:3: <bndbox> without <ymax>"):
         read_boxes_file(folder)
     bad.write_text("<annotation>\n<object>\n</annotation>\n")
