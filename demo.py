@@ -17,7 +17,8 @@ last convolutional stage) and write its predicted labels of the training images;
 the L-CAM-Img and L-CAM-Fm heads on those labels, with the reference map selection and with
 own-label maps; (5) evaluate L-CAM and the baselines (Grad-CAM, Grad-CAM++, Score-CAM,
 RISE) on held-out images: Average Drop and Increase in Confidence at 100, 50 and 15 % of
-the map kept, and localisation against the digits' boxes; (6) draw the figures.
+the map kept, deletion and insertion AUCs of the same maps, and localisation against the
+digits' boxes (energy in the box, pointing game, MaxBoxAccV2); (6) draw the figures.
 
 Every output goes under --output_dir (checked before any work starts), each as soon as its
 step finishes: classifier.pth and the accuracy in results.json after step 2, the heads'
@@ -51,6 +52,7 @@ from utils.core.runtime import resolve_device, seed_everything
 from utils.data.digits import CLASS_NAMES, DatasetSettingsError, DigitsSplit, load_split, make_digits_dataset
 from utils.evaluation import LCAMExplainer, evaluate, normalize_and_upsample
 from utils.evaluation.explanations import ExplainOptions, explain_images
+from utils.evaluation.insertion_deletion import InsertionDeletionMeter, insertion_deletion_curves
 from utils.evaluation.localization import LocalizationMeter
 from utils.evaluation.reports import MethodScores, ResultsTable, save_overlay_grid, save_scores_chart, write_markdown
 from utils.explainers.baselines import NormalizedClassifier, build_explainer
@@ -210,6 +212,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--rise_images", type=positive_int, default=100, help="images RISE is evaluated on (the slowest)"
     )
+    evaluation.add_argument(
+        "--id_step", type=positive_int, default=256, help="pixels deleted/inserted per step (insertion/deletion)"
+    )
     evaluation.add_argument("--overlay_images", type=positive_int, default=6, help="rows of overlays.png")
     return parser
 
@@ -325,6 +330,7 @@ def evaluate_method(
     correct = result.predicted == result.labels  # explained class = prediction = ground truth
     meter = LocalizationMeter()
     meter.update(maps[correct], test.boxes[:count][correct])
+    deletion, insertion = _insertion_deletion(classifier, test.images[:count], maps, result.predicted, args, device)
     row: dict[str, Any] = {"method": key, "name": LCAM_METHODS.get(key, (BASELINE_METHODS.get(key),))[0]}
     for entry in result.summary:
         kept = f"{round(entry['kept_percent'])}"
@@ -334,6 +340,9 @@ def evaluate_method(
     row.update(
         energy_in_box=localisation["energy_in_box"],
         pointing_game=localisation["pointing_game"],
+        max_box_acc_v2=localisation["max_box_acc_v2"],
+        deletion_auc=deletion,
+        insertion_auc=insertion,
         images=result.num_images,
         localised_images=localisation["count"],
         seconds=result.seconds,
@@ -341,7 +350,34 @@ def evaluate_method(
     return row, maps
 
 
-COLUMNS = ("AD100", "IC100", "AD50", "IC50", "AD15", "IC15", "energy_in_box", "pointing_game")
+def _insertion_deletion(classifier, images, maps, predicted, args, device) -> tuple[float, float]:
+    """Mean deletion and insertion AUCs (in percent of a curve at probability 1) of the maps
+    already computed, ``args.id_step`` pixels per step (:mod:`utils.evaluation.insertion_deletion`)."""
+    meter = InsertionDeletionMeter()
+    for start in range(0, len(images), 50):
+        part = slice(start, start + 50)
+        meter.update(
+            *insertion_deletion_curves(
+                classifier, images[part].to(device), maps[part].to(device), predicted[part].to(device), args.id_step
+            )
+        )
+    summary = meter.summary()
+    return summary["deletion_auc"] * 100, summary["insertion_auc"] * 100
+
+
+COLUMNS = (
+    "AD100",
+    "IC100",
+    "AD50",
+    "IC50",
+    "AD15",
+    "IC15",
+    "energy_in_box",
+    "pointing_game",
+    "max_box_acc_v2",
+    "deletion_auc",
+    "insertion_auc",
+)
 TABLE_TITLES = (
     "AD 100% ↓",
     "IC 100% ↑",
@@ -351,9 +387,12 @@ TABLE_TITLES = (
     "IC 15% ↑",
     "energy in box % ↑",
     "pointing game % ↑",
+    "MaxBoxAccV2 % ↑",
+    "deletion AUC % ↓",
+    "insertion AUC % ↑",
 )
 KEPT = ("100", "50", "15")  # percent of each map kept at PERCENTAGES
-LOCALISATION = ("energy_in_box", "pointing_game")
+LOCALISATION = ("energy_in_box", "pointing_game", "max_box_acc_v2")
 RESULT_FIELDS = ("method", "name", *COLUMNS, "images", "localised_images", "seconds")
 
 

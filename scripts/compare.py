@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -64,6 +65,14 @@ from utils.evaluation.insertion_deletion import (
     evaluate_insertion_deletion,
     insertion_deletion_row,
     save_curves_figure,
+)
+from utils.evaluation.localization import (
+    LOCALIZATION_COLUMNS,
+    evaluate_localization,
+    load_sample_boxes,
+    localization_cells,
+    localization_chart_scores,
+    localization_row,
 )
 from utils.evaluation.reports import (
     MethodScores,
@@ -131,6 +140,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_image_size_arguments(data)
     data.add_argument("--percentages", default="0,0.5,0.85", help="fractions of pixels dropped (0 keeps 100 %%)")
     add_subset_arguments(data)
+    data.add_argument(
+        "--boxes",
+        default=None,
+        help="also localisation (pointing game, energy in boxes, MaxBoxAccV2) against these boxes: ImageNet's "
+        "LOC_val_solution.csv, a folder of its XML annotations, or a CSV image,x0,y0,x1,y1",
+    )
 
     methods = parser.add_argument_group("method settings")
     add_rise_arguments(methods)
@@ -234,6 +249,9 @@ def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tupl
     insertion_deletion = any("deletion_auc" in result for result in results)
     if insertion_deletion:
         header += ["deletion AUC ↓", "insertion AUC ↑"]
+    localization = any("max_box_acc_v2" in result for result in results)
+    if localization:
+        header += [title for _, title in LOCALIZATION_COLUMNS]
     rows = []
     for result in results:
         row = [result["family"], result["method"]]
@@ -245,6 +263,8 @@ def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tupl
             row += [round(result.get(key, float("nan")), 4) for key in ("road_morf", "road_lerf", "road_combined")]
         if insertion_deletion:
             row += [round(result.get(key, float("nan")), 4) for key in ("deletion_auc", "insertion_auc")]
+        if localization:
+            row += localization_cells(result)
         rows.append(row)
     return header, rows
 
@@ -254,7 +274,9 @@ TABLE_NOTE = (
     "N % of each map's pixels kept. explain img/s: images explained per second (the explainer alone); "
     "eval img/s: the whole protocol (plain and masked passes included). deletion/insertion AUC "
     "(--insertion_deletion): area under the explained class's probability as the most salient "
-    "pixels are deleted (lower is better) or inserted on a blurred copy (higher is better)."
+    "pixels are deleted (lower is better) or inserted on a blurred copy (higher is better). "
+    "Localisation (--boxes), on the correctly classified images with a box: pointing game, share of the "
+    "map's energy in the boxes, MaxBoxAcc at IoU 0.3/0.5/0.7 and MaxBoxAccV2 (their mean); higher is better."
 )
 
 
@@ -268,7 +290,11 @@ def write_tables(results: list[dict[str, Any]], percentages: tuple[float, ...], 
 def save_bar_chart(results: list[dict[str, Any]], percentages: tuple[float, ...], path: str) -> str:
     """AD and IC per method (bars) and percentage (groups), one panel each."""
     scores = [
-        MethodScores.from_summary(f"{result['method']} ({result['family']})", result["summary"]) for result in results
+        replace(
+            MethodScores.from_summary(f"{result['method']} ({result['family']})", result["summary"]),
+            localisation=localization_chart_scores(result),
+        )
+        for result in results
     ]
     return save_scores_chart(scores, percentages, path)
 
@@ -316,6 +342,9 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     if args.limit is not None:
         samples = samples[: args.limit]
     samples = check_images_exist(samples, args.test_list, skip_missing=args.skip_missing)
+    boxes = (
+        load_sample_boxes(args.boxes, samples, args.img_dir, args.input_size, args.crop_size) if args.boxes else None
+    )
     entries = _build_entries(args, device)
     loader = build_eval_loader(samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device)
     device_name = device_description(device)
@@ -360,6 +389,11 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
                     )
                 )
             )
+        if boxes is not None:
+            localization = evaluate_localization(
+                entry.classifier, entry.explainer, loader, boxes, device, args.amp, progress=not args.no_progress
+            )
+            row.update(localization_row(localization))
         write_entry_result(result, entry, args.output_dir, row)
         print(score_line(entry, result, timed))
         results.append(row)

@@ -49,6 +49,13 @@ from utils.evaluation import (
     warn_unreadable,
     write_result,
 )
+from utils.evaluation.localization import (
+    evaluate_localization,
+    format_localization,
+    load_sample_boxes,
+    localization_output,
+    write_localization,
+)
 
 __all__ = ["cli", "get_args_parser", "main"]
 
@@ -126,6 +133,12 @@ def get_args_parser(
     )
     add_image_size_arguments(protocol)
     add_subset_arguments(protocol)
+    protocol.add_argument(
+        "--boxes",
+        default=None,
+        help="also localisation (pointing game, energy in boxes, MaxBoxAccV2) against these boxes: ImageNet's "
+        "LOC_val_solution.csv, a folder of its XML annotations, or a CSV image,x0,y0,x1,y1 [none]",
+    )
 
     speed = parser.add_argument_group("speed")
     add_device_arguments(speed, 64, "images per batch (the reference: 1; same numbers)")
@@ -194,6 +207,9 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     if args.limit is not None:
         samples = samples[: args.limit]
     samples = check_images_exist(samples, args.test_list, skip_missing=args.skip_missing)
+    boxes = (
+        load_sample_boxes(args.boxes, samples, args.img_dir, args.input_size, args.crop_size) if args.boxes else None
+    )
     print(
         f"Evaluating {args.arch} from {metadata['path']} (epoch {metadata.get('epoch', '?')}) on {len(samples)} images "
         f"of {args.test_list}, percentages {', '.join(f'{p:g}' for p in percentages)}, device {device}, amp {args.amp}"
@@ -218,6 +234,12 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     run = _run_info(args, metadata, device)
     json_path, csv_path = write_result(result, args.output, run)
     print(f"Results written to {json_path} and {csv_path}")
+    if boxes is not None:
+        localization = evaluate_localization(explainer.classify, explainer, loader, boxes, device, args.amp)
+        for line in format_localization(localization):
+            print(line)
+        paths = write_localization(localization, localization_output(args.output), run)
+        print(f"Localisation written to {paths[0]} and {paths[1]}")
     return result
 
 

@@ -21,7 +21,6 @@ a SHA-256 (:mod:`utils.data.authors`).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import random
 import sys
@@ -47,6 +46,7 @@ from utils.core.errors import UserFileNotFoundError, UserValueError
 from utils.core.files import atomic_open, ensure_writable
 from utils.core.runtime import autocast, resolve_device, seed_everything
 from utils.data.authors import AUTHORS_LISTS, AUTHORS_URL_BASES, fetch_authors_lists, parse_sha256
+from utils.data.boxes import LOC_HEADER, read_loc_solution
 from utils.data.datalists import (
     IMAGE_EXTENSIONS,
     ImageList,
@@ -156,9 +156,8 @@ def read_ground_truth(path: str, synsets: str | None = None) -> dict[str, int]:
         raise UserFileNotFoundError(f"ground-truth file not found: {path!r}")
     with open(path, encoding="utf-8") as handle:
         lines = handle.read().splitlines()
-    if lines and lines[0].replace(" ", "").startswith("ImageId,PredictionString"):
-        rows = list(csv.reader(lines[1:]))
-        wnids = {row[0]: row[1].split()[0] for row in rows if len(row) >= 2 and row[1].split()}
+    if lines and lines[0].replace(" ", "").startswith(LOC_HEADER):
+        wnids = {name: boxes[0].label for name, boxes in read_loc_solution(path).items()}
         classes = _read_synsets(synsets).values() if synsets else wnids.values()
         order = {wnid: label for label, wnid in enumerate(sorted(set(classes)))}
         return {name: order[wnid] for name, wnid in wnids.items()}

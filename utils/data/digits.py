@@ -30,8 +30,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from utils.core.errors import UserFileNotFoundError, UserValueError
+from utils.core.errors import UserValueError
 from utils.core.files import atomic_open, write_json
+from utils.data.boxes import boxes_for_samples, read_boxes_file
 from utils.data.datalists import ImageList, check_images_exist, read_datalist
 
 __all__ = [
@@ -273,26 +274,18 @@ def make_digits_dataset(
 
 def read_boxes(boxes_file: str | os.PathLike) -> dict[str, tuple[int, int, int, int]]:
     """``{absolute image path: (x0, y0, x1, y1)}`` of a ``boxes.csv`` (paths relative to its
-    directory).
+    directory), read by :func:`utils.data.boxes.read_boxes_file`.
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: ``file:line`` of a malformed row.
     """
-    boxes_file = os.fspath(boxes_file)
-    if not os.path.isfile(boxes_file):
-        raise UserFileNotFoundError(f"box file not found: {boxes_file!r}")
-    root = os.path.dirname(os.path.abspath(boxes_file))
-    boxes = {}
-    with open(boxes_file, encoding="utf-8", newline="") as handle:
-        for line_number, row in enumerate(csv.DictReader(handle), start=2):
-            try:
-                box = tuple(int(row[key]) for key in ("x0", "y0", "x1", "y1"))
-                path = os.path.join(root, row["image"])
-            except (KeyError, TypeError, ValueError) as error:
-                raise UserValueError(f"{boxes_file}:{line_number}: malformed row {row!r} ({error})") from error
-            boxes[path] = box
-    return boxes
+    box_file = read_boxes_file(boxes_file)
+    root = os.path.dirname(os.path.abspath(box_file.path))
+    return {
+        os.path.join(root, image): tuple(int(value) for value in boxes[-1][:4])
+        for image, boxes in box_file.boxes.items()
+    }
 
 
 class DigitsSplit(NamedTuple):
@@ -316,8 +309,8 @@ def load_split(dataset: DigitsDataset, split: str, limit: int | None = None) -> 
     list_path = dataset.list_of(split)
     samples = read_datalist(list_path, dataset.root, dataset.num_classes)[:limit]
     check_images_exist(samples, list_path)
-    boxes = read_boxes(dataset.boxes_file)
-    missing = [path for path, _ in samples if path not in boxes]
+    boxes = boxes_for_samples(samples, read_boxes_file(dataset.boxes_file), dataset.root)
+    missing = [path for (path, _), found in zip(samples, boxes) if found is None]
     if missing:
         raise UserValueError(f"{dataset.boxes_file}: no box for {missing[0]!r} ({len(missing)} images without a box)")
     images = []
@@ -328,6 +321,6 @@ def load_split(dataset: DigitsDataset, split: str, limit: int | None = None) -> 
     return DigitsSplit(
         torch.stack(images),
         torch.tensor([label for _, label in samples], dtype=torch.long),
-        torch.tensor([boxes[path] for path, _ in samples], dtype=torch.long),
+        torch.cat(boxes),  # one box per canvas
         [path for path, _ in samples],
     )
