@@ -68,6 +68,7 @@ from utils.evaluation.reports import (
     save_scores_chart,
     write_markdown,
 )
+from utils.evaluation.road import evaluate_road, parse_road_percentiles, write_road_table
 from utils.explainers.baselines import BASELINES, NormalizedClassifier
 
 __all__ = ["get_args_parser", "main"]
@@ -145,10 +146,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--chunk_size",
         type=positive_int,
         default=128,
-        help="masked images per forward (Score-CAM, RISE, insertion/deletion)",
+        help="masked images per forward (Score-CAM, RISE, insertion/deletion, ROAD)",
     )
-    methods.add_argument("--road", action="store_true", help="also ROAD (MoRF, LeRF, combined; slow: sparse solves)")
-    methods.add_argument("--road_limit", type=positive_int, default=32, help="images used for ROAD")
+    methods.add_argument(
+        "--road", action="store_true", help="also ROAD (probability change and top-1 accuracy, MoRF and LeRF)"
+    )
+    methods.add_argument("--road_limit", type=positive_int, default=None, help="images used for ROAD [all]")
     methods.add_argument(
         "--road_percentiles", default="10,20,30,40,50,60,70,80,90", help="ROAD's removal percentiles, averaged"
     )
@@ -177,11 +180,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
         parser.error(f"--percentages: {error}")
     check_image_sizes(parser, args)
     try:
-        args.road_percentile_list = [float(text) for text in args.road_percentiles.split(",") if text.strip()]
-    except ValueError:
-        parser.error(f"--road_percentiles must be comma-separated numbers in (0, 100), got {args.road_percentiles!r}")
-    if not args.road_percentile_list or not all(0 < value < 100 for value in args.road_percentile_list):
-        parser.error(f"--road_percentiles must be comma-separated numbers in (0, 100), got {args.road_percentiles!r}")
+        args.road_percentile_list = list(parse_road_percentiles(args.road_percentiles))
+    except ValueError as error:
+        parser.error(f"--road_percentiles: {error}")
     args.method_list = [method.strip() for method in args.methods.split(",") if method.strip()]
     for method in args.method_list:
         if method not in BASELINES:
@@ -253,7 +254,7 @@ def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tupl
     header += ["explain img/s", "eval img/s", "images", "device"]
     road = any("road_combined" in result for result in results)
     if road:
-        header += ["ROAD MoRF", "ROAD LeRF", "ROAD combined"]
+        header += ["ROAD MoRF", "ROAD LeRF", "ROAD combined", "ROAD MoRF acc % ↓", "ROAD LeRF acc % ↑"]
     insertion_deletion = any("deletion_auc" in result for result in results)
     if insertion_deletion:
         header += ["deletion AUC ↓", "insertion AUC ↑"]
@@ -266,6 +267,7 @@ def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tupl
         row += [result["num_images"], result["device"]]
         if road:
             row += [round(result.get(key, float("nan")), 4) for key in ("road_morf", "road_lerf", "road_combined")]
+            row += [round(result.get(f"road_{key}_accuracy", float("nan")), 2) for key in ("morf", "lerf")]
         if insertion_deletion:
             row += [round(result.get(key, float("nan")), 4) for key in ("deletion_auc", "insertion_auc")]
         rows.append(row)
@@ -277,7 +279,10 @@ TABLE_NOTE = (
     "N % of each map's pixels kept. explain img/s: images explained per second (the explainer alone); "
     "eval img/s: the whole protocol (plain and masked passes included). deletion/insertion AUC "
     "(--insertion_deletion): area under the explained class's probability as the most salient "
-    "pixels are deleted (lower is better) or inserted on a blurred copy (higher is better)."
+    "pixels are deleted (lower is better) or inserted on a blurred copy (higher is better). ROAD "
+    "(--road): mean change of that probability when the most (MoRF, lower is better) or least "
+    "(LeRF, higher is better) relevant pixels are imputed, combined = (LeRF - MoRF) / 2 (higher is "
+    "better); acc %: images whose top-1 class survives (per percentile in road.csv)."
 )
 
 
@@ -348,8 +353,6 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
             warn_unreadable(result.unreadable)
         row = result_row(entry, result, timed, device_name)
         if args.road:
-            from utils.evaluation.road import evaluate_road
-
             row.update(
                 evaluate_road(
                     entry.classifier,
@@ -359,6 +362,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
                     percentiles=args.road_percentile_list,
                     limit=args.road_limit,
                     seed=args.seed,
+                    chunk_size=args.chunk_size,
+                    amp=args.amp,
                     progress=not args.no_progress,
                 )
             )
@@ -387,6 +392,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     if args.insertion_deletion:
         curves = [{"label": f"{row['method']} ({row['family']})", **row} for row in results]
         chart += ", " + save_curves_figure(curves, os.path.join(args.output_dir, "insertion_deletion.png"))
+    if args.road:
+        chart += ", " + write_road_table(results, os.path.join(args.output_dir, "road.csv"))
     figure = save_qualitative_figure(
         entries, loader, device, args.figure_images, os.path.join(args.output_dir, "qualitative.png")
     )
