@@ -17,11 +17,12 @@ image, weights ``w`` 1/6 for the 4 side neighbours and 1/12 for the 4 diagonal o
 
 a sparse symmetric system in the removed pixels (one per channel, one matrix per image),
 positive definite whenever the image keeps a pixel. It is solved in float64 by conjugate
-gradients with a Jacobi preconditioner, the neighbour sums as 3 x 3 stencils, every image
-and channel at once, until the largest residual is below ``tolerance`` (the default gives
-imputed values within 1e-6 of an exact solve at 224 x 224; ``tests/test_road.py`` and
-``bench/road_imputation.py`` check against pytorch-grad-cam). Then Gaussian noise of
-standard deviation 0.01 is added at the removed pixels.
+gradients preconditioned by a multigrid V-cycle, the neighbour sums as 3 x 3 stencils,
+every image and channel at once (10-30 iterations for ROAD's masks at 224 x 224), until
+the largest residual is below ``tolerance`` (the default gives imputed values within 1e-6
+of an exact solve at 224 x 224; ``tests/test_road.py`` and ``bench/road_imputation.py``
+check against pytorch-grad-cam). Then Gaussian noise of standard deviation 0.01 is added at
+the removed pixels.
 
 Where we differ: an image with every pixel removed (a map whose ties reach the threshold,
 e.g. a constant map) has a singular system; pytorch-grad-cam's solver returns NaN for it,
@@ -108,11 +109,55 @@ def _check_removed(images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     return removed.to(device=images.device, dtype=torch.bool)
 
 
+class _MultigridPreconditioner:
+    """One symmetric V-cycle for the neighbour system (a symmetric positive definite
+    preconditioner, so conjugate gradients keep converging): damped Jacobi smoothing
+    (weight 2/3, ``sweeps`` before and after), restriction to a grid of half the size by
+    summing 2 x 2 blocks, where a coarse unknown is a block whose pixels are all unknown, the
+    same stencil there, and prolongation by copying back (the restriction's transpose); at
+    the coarsest grid (side at most 4) 30 Jacobi sweeps."""
+
+    def __init__(self, unknown: torch.Tensor, sweeps: int = 2) -> None:
+        self.sweeps = sweeps
+        self.levels = []
+        while True:
+            weight_sums = _neighbour_sum(torch.ones_like(unknown))
+            self.levels.append((unknown, weight_sums, unknown / weight_sums))
+            if min(unknown.shape[-2:]) <= 4:
+                break
+            unknown = -F.max_pool2d(-unknown, 2, ceil_mode=True)  # all four pixels unknown
+
+    def apply(self, level: int, values: torch.Tensor) -> torch.Tensor:
+        """The system's matrix at ``level`` times ``values`` (0 outside the unknowns)."""
+        unknown, weight_sums, _ = self.levels[level]
+        return unknown * (weight_sums * values - _neighbour_sum(values))
+
+    def __call__(self, residual: torch.Tensor, level: int = 0) -> torch.Tensor:
+        unknown, _, inverse_diagonal = self.levels[level]
+        coarsest = level == len(self.levels) - 1
+        sweeps = 30 if coarsest else self.sweeps
+        correction = inverse_diagonal * residual * (2 / 3)
+        for _ in range(sweeps - 1):
+            correction += inverse_diagonal * (residual - self.apply(level, correction)) * (2 / 3)
+        if coarsest:
+            return correction
+        coarse_residual = (
+            F.avg_pool2d(residual - self.apply(level, correction), 2, ceil_mode=True, divisor_override=1)
+            * self.levels[level + 1][0]
+        )
+        coarse = self(coarse_residual, level + 1)
+        height, width = residual.shape[-2:]
+        correction += unknown * coarse.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :height, :width]
+        for _ in range(sweeps):
+            correction += inverse_diagonal * (residual - self.apply(level, correction)) * (2 / 3)
+        return correction
+
+
 def linear_imputation(
     images: torch.Tensor,
     removed: torch.Tensor,
     tolerance: float = RESIDUAL_TOLERANCE,
-    max_iterations: int = 20000,
+    max_iterations: int = 1000,
 ) -> torch.Tensor:
     """The noise-free imputation of the module docstring: ``images`` (N x C x H x W) with
     the ``removed`` pixels (N x H x W bool) replaced by the solution of the neighbour
@@ -124,32 +169,28 @@ def linear_imputation(
     removed = _check_removed(images, removed)
     known = images.double()
     unknown = removed[:, None].double()
-    weight_sums = _neighbour_sum(torch.ones_like(unknown))
-    inverse_diagonal = unknown / weight_sums
+    preconditioner = _MultigridPreconditioner(unknown)
     residual = unknown * _neighbour_sum(known * (1 - unknown))
     solution = torch.zeros_like(residual)
-    preconditioned = residual * inverse_diagonal
+    preconditioned = preconditioner(residual)
     direction = preconditioned.clone()
     product = (residual * preconditioned).sum((-2, -1), keepdim=True)
     done = residual.abs().amax((-2, -1), keepdim=True) <= tolerance
-    iterations = 0
-    while not bool(done.all()):
-        if iterations >= max_iterations:
-            raise UserValueError(f"the imputation did not converge in {max_iterations} iterations")
-        for _ in range(10):  # one host synchronisation per 10 iterations
-            image_of_direction = unknown * (weight_sums * direction - _neighbour_sum(direction))
-            curvature = (direction * image_of_direction).sum((-2, -1), keepdim=True)
-            step = torch.where(done, 0.0, product / curvature.clamp_min(torch.finfo(torch.float64).tiny))
-            solution.add_(step * direction)
-            residual.sub_(step * image_of_direction)
-            preconditioned = residual * inverse_diagonal
-            new_product = (residual * preconditioned).sum((-2, -1), keepdim=True)
-            ratio = torch.where(done, 0.0, new_product / product.clamp_min(torch.finfo(torch.float64).tiny))
-            direction = preconditioned + ratio * direction
-            product = new_product
-        iterations += 10
+    tiny = torch.finfo(torch.float64).tiny
+    for _ in range(max_iterations):
+        if bool(done.all()):
+            return torch.where(removed[:, None], solution.to(images.dtype), images)
+        image_of_direction = preconditioner.apply(0, direction)
+        curvature = (direction * image_of_direction).sum((-2, -1), keepdim=True)
+        step = torch.where(done, 0.0, product / curvature.clamp_min(tiny))
+        solution += step * direction
+        residual -= step * image_of_direction
+        preconditioned = preconditioner(residual)
+        new_product = (residual * preconditioned).sum((-2, -1), keepdim=True)
+        direction = preconditioned + torch.where(done, 0.0, new_product / product.clamp_min(tiny)) * direction
+        product = new_product
         done |= residual.abs().amax((-2, -1), keepdim=True) <= tolerance
-    return torch.where(removed[:, None], solution.to(images.dtype), images)
+    raise UserValueError(f"the imputation did not converge in {max_iterations} iterations")
 
 
 def imputation_noise(
