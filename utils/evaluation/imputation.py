@@ -24,9 +24,9 @@ of an exact solve at 224 x 224; ``tests/test_road.py`` and ``bench/road_imputati
 check against pytorch-grad-cam). Then Gaussian noise of standard deviation 0.01 is added at
 the removed pixels.
 
-Where we differ: an image with every pixel removed (a map whose ties reach the threshold,
-e.g. a constant map) has a singular system; pytorch-grad-cam's solver returns NaN for it,
-ours the minimum-norm solution, 0 (black plus the noise).
+An image with every pixel removed (a map whose ties reach the threshold, e.g. a constant
+map) has a singular system; like pytorch-grad-cam's solver, ours returns 0 for it (black
+plus the noise).
 """
 
 from __future__ import annotations
