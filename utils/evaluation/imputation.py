@@ -109,6 +109,12 @@ def _check_removed(images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     return removed.to(device=images.device, dtype=torch.bool)
 
 
+def _system_product(unknown: torch.Tensor, weight_sums: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The neighbour system's matrix times ``values`` (0 outside the ``unknown`` pixels):
+    ``sum_j w_ij (values_i - values_j)`` at every unknown pixel i."""
+    return unknown * (weight_sums * values - _neighbour_sum(values))
+
+
 class _MultigridPreconditioner:
     """One symmetric V-cycle for the neighbour system (a symmetric positive definite
     preconditioner, so conjugate gradients keep converging): damped Jacobi smoothing
@@ -130,7 +136,7 @@ class _MultigridPreconditioner:
     def apply(self, level: int, values: torch.Tensor) -> torch.Tensor:
         """The system's matrix at ``level`` times ``values`` (0 outside the unknowns)."""
         unknown, weight_sums, _ = self.levels[level]
-        return unknown * (weight_sums * values - _neighbour_sum(values))
+        return _system_product(unknown, weight_sums, values)
 
     def __call__(self, residual: torch.Tensor, level: int = 0) -> torch.Tensor:
         unknown, _, inverse_diagonal = self.levels[level]
@@ -169,10 +175,12 @@ def linear_imputation(
     removed = _check_removed(images, removed)
     known = images.double()
     unknown = removed[:, None].double()
-    preconditioner = _MultigridPreconditioner(unknown)
+    weight_sums = _neighbour_sum(torch.ones_like(unknown))
+    # The V-cycle in float32 (half the memory traffic); the iteration itself stays in float64.
+    preconditioner = _MultigridPreconditioner(unknown.float())
     residual = unknown * _neighbour_sum(known * (1 - unknown))
     solution = torch.zeros_like(residual)
-    preconditioned = preconditioner(residual)
+    preconditioned = preconditioner(residual.float()).double()
     direction = preconditioned.clone()
     product = (residual * preconditioned).sum((-2, -1), keepdim=True)
     done = residual.abs().amax((-2, -1), keepdim=True) <= tolerance
@@ -180,14 +188,17 @@ def linear_imputation(
     for _ in range(max_iterations):
         if bool(done.all()):
             return torch.where(removed[:, None], solution.to(images.dtype), images)
-        image_of_direction = preconditioner.apply(0, direction)
+        image_of_direction = _system_product(unknown, weight_sums, direction)
         curvature = (direction * image_of_direction).sum((-2, -1), keepdim=True)
         step = torch.where(done, 0.0, product / curvature.clamp_min(tiny))
         solution += step * direction
         residual -= step * image_of_direction
-        preconditioned = preconditioner(residual)
+        previous = preconditioned
+        preconditioned = preconditioner(residual.float()).double()
         new_product = (residual * preconditioned).sum((-2, -1), keepdim=True)
-        direction = preconditioned + torch.where(done, 0.0, new_product / product.clamp_min(tiny)) * direction
+        # The flexible (Polak-Ribiere) update: robust to the float32 V-cycle's rounding.
+        ratio = (new_product - (residual * previous).sum((-2, -1), keepdim=True)) / product.clamp_min(tiny)
+        direction = preconditioned + torch.where(done, 0.0, ratio) * direction
         product = new_product
         done |= residual.abs().amax((-2, -1), keepdim=True) <= tolerance
     raise UserValueError(f"the imputation did not converge in {max_iterations} iterations")
