@@ -31,6 +31,7 @@ plus the noise).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -67,7 +68,7 @@ def check_percentile(percentile: float) -> float:
     Raises:
         ValueError: anything else.
     """
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile < 100:
+    if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real) or not 0 < percentile < 100:
         raise UserValueError(f"ROAD percentiles must be numbers in (0, 100), got {percentile!r}")
     return float(percentile)
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from utils.core.errors import UserValueError
 from utils.core.runtime import autocast
-from utils.evaluation.imputation import check_percentile, imputation_noise, linear_imputation, removal_masks
+from utils.evaluation.imputation import check_percentile, imputation_noise, noisy_linear_imputation, removal_masks
 from utils.evaluation.protocol import explain_predictions
 from utils.evaluation.reports import ResultsTable
 from utils.explainers.protocol import Classifier, Explainer
@@ -69,11 +69,10 @@ def parse_road_percentiles(percentiles: str | Sequence[float]) -> tuple[float, .
                 f"ROAD percentiles must be comma-separated numbers in (0, 100), got {percentiles!r}"
             ) from error
     else:
-        values = tuple(check_percentile(value) for value in percentiles)
+        values = tuple(percentiles)
     if not values:
         raise UserValueError(f"no ROAD percentile given in {percentiles!r}")
-    for value in values:
-        check_percentile(value)
+    values = tuple(check_percentile(value) for value in values)
     if len(set(values)) != len(values):
         raise UserValueError(f"duplicate ROAD percentiles in {percentiles!r}")
     return values
@@ -124,8 +123,7 @@ def road_scores(
             rows = torch.tensor([row for _, _, row in chunk], device=device)
             removed = torch.stack([removed_by_job[order, column][row] for order, column, row in chunk])
             noise = imputation_noise(removed, images.size(1), generator=[generators[row] for _, _, row in chunk])
-            imputed = linear_imputation(images[rows], removed)
-            imputed = torch.where(removed[:, None], imputed + noise.to(imputed), images[rows])
+            imputed = noisy_linear_imputation(images[rows], removed, noise)
             with autocast(device, amp):
                 logits = classifier(imputed)
             after = logits.float().softmax(dim=1)
