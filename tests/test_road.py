@@ -70,6 +70,16 @@ def test_imputation_equals_pytorch_grad_cams_on_the_same_noise(images, case):
     assert torch.equal(x, original)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_imputation_on_cuda_equals_the_cpus(images):
+    x = images(3, 48, seed=6)
+    removed = torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(8)) < 0.8
+    noise = imputation_noise(removed, 3, generator=torch.Generator().manual_seed(1))
+    on_cuda = noisy_linear_imputation(x.cuda(), removed.cuda(), noise.cuda())
+    assert on_cuda.device.type == "cuda"
+    assert (on_cuda.cpu() - noisy_linear_imputation(x, removed, noise)).abs().max() <= 1e-5
+
+
 def test_the_noise_is_drawn_in_pytorch_grad_cams_order():
     removed = torch.rand(3, 10, 12, generator=torch.Generator().manual_seed(2)) < 0.5
     torch.manual_seed(3)
