@@ -177,7 +177,9 @@ def evaluate_road(
     device = torch.device(device)
     scores: dict[str, list[torch.Tensor]] = {}
     count = 0
-    with tqdm(total=limit, unit="img", desc="ROAD", disable=not progress, dynamic_ncols=True) as bar:
+    total = len(loader.dataset) if hasattr(getattr(loader, "dataset", None), "__len__") else None
+    total = total if limit is None else min(limit, total or limit)
+    with tqdm(total=total, unit="img", desc="ROAD", disable=not progress, dynamic_ncols=True) as bar:
         for batch in loader:
             images = batch[0]
             if images is None or len(images) == 0:
