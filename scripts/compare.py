@@ -82,6 +82,7 @@ from utils.evaluation.reports import (
     save_scores_chart,
     write_markdown,
 )
+from utils.evaluation.road import evaluate_road, parse_road_percentiles, write_road_table
 from utils.explainers.baselines import NormalizedClassifier
 
 __all__ = ["get_args_parser", "main"]
@@ -154,10 +155,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--chunk_size",
         type=positive_int,
         default=128,
-        help="masked images per forward (Score-CAM, RISE, insertion/deletion)",
+        help="masked images per forward (Score-CAM, RISE, insertion/deletion, ROAD)",
     )
-    methods.add_argument("--road", action="store_true", help="also ROAD (MoRF, LeRF, combined; slow: sparse solves)")
-    methods.add_argument("--road_limit", type=positive_int, default=32, help="images used for ROAD")
+    methods.add_argument(
+        "--road", action="store_true", help="also ROAD (probability change and top-1 accuracy, MoRF and LeRF)"
+    )
+    methods.add_argument("--road_limit", type=positive_int, default=None, help="images used for ROAD [all]")
     methods.add_argument(
         "--road_percentiles", default="10,20,30,40,50,60,70,80,90", help="ROAD's removal percentiles, averaged"
     )
@@ -189,11 +192,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
         parser.error(f"--percentages: {error}")
     check_image_sizes(parser, args)
     try:
-        args.road_percentile_list = [float(text) for text in args.road_percentiles.split(",") if text.strip()]
-    except ValueError:
-        parser.error(f"--road_percentiles must be comma-separated numbers in (0, 100), got {args.road_percentiles!r}")
-    if not args.road_percentile_list or not all(0 < value < 100 for value in args.road_percentile_list):
-        parser.error(f"--road_percentiles must be comma-separated numbers in (0, 100), got {args.road_percentiles!r}")
+        args.road_percentile_list = list(parse_road_percentiles(args.road_percentiles))
+    except ValueError as error:
+        parser.error(f"--road_percentiles: {error}")
     args.method_list = parse_methods(args.methods)
     args.lcam_list = [_key_value(text, "--lcam", parser) for text in args.lcam]
     for arch, _ in args.lcam_list:
@@ -245,7 +246,7 @@ def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tupl
     header += ["explain img/s", "eval img/s", "images", "device"]
     road = any("road_combined" in result for result in results)
     if road:
-        header += ["ROAD MoRF", "ROAD LeRF", "ROAD combined"]
+        header += ["ROAD MoRF", "ROAD LeRF", "ROAD combined", "ROAD MoRF acc % ↓", "ROAD LeRF acc % ↑"]
     insertion_deletion = any("deletion_auc" in result for result in results)
     if insertion_deletion:
         header += ["deletion AUC ↓", "insertion AUC ↑"]
@@ -261,6 +262,7 @@ def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tupl
         row += [result["num_images"], result["device"]]
         if road:
             row += [round(result.get(key, float("nan")), 4) for key in ("road_morf", "road_lerf", "road_combined")]
+            row += [round(result.get(f"road_{key}_accuracy", float("nan")), 2) for key in ("morf", "lerf")]
         if insertion_deletion:
             row += [round(result.get(key, float("nan")), 4) for key in ("deletion_auc", "insertion_auc")]
         if localization:
@@ -274,7 +276,10 @@ TABLE_NOTE = (
     "N % of each map's pixels kept. explain img/s: images explained per second (the explainer alone); "
     "eval img/s: the whole protocol (plain and masked passes included). deletion/insertion AUC "
     "(--insertion_deletion): area under the explained class's probability as the most salient "
-    "pixels are deleted (lower is better) or inserted on a blurred copy (higher is better). "
+    "pixels are deleted (lower is better) or inserted on a blurred copy (higher is better). ROAD "
+    "(--road): mean change of that probability when the most (MoRF, lower is better) or least "
+    "(LeRF, higher is better) relevant pixels are imputed, combined = (LeRF - MoRF) / 2 (higher is "
+    "better); acc %: images whose top-1 class survives (per percentile in road.csv). "
     "Localisation (--boxes), on the correctly classified images with a box: pointing game, share of the "
     "map's energy in the boxes, MaxBoxAcc at IoU 0.3/0.5/0.7 and MaxBoxAccV2 (their mean); higher is better."
 )
@@ -358,8 +363,6 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
             warn_unreadable(result.unreadable)
         row = result_row(entry, result, timed, device_name)
         if args.road:
-            from utils.evaluation.road import evaluate_road
-
             row.update(
                 evaluate_road(
                     entry.classifier,
@@ -369,6 +372,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
                     percentiles=args.road_percentile_list,
                     limit=args.road_limit,
                     seed=args.seed,
+                    chunk_size=args.chunk_size,
+                    amp=args.amp,
                     progress=not args.no_progress,
                 )
             )
@@ -404,6 +409,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         path = save_curves_figure(curves, os.path.join(args.output_dir, "insertion_deletion.png"))
         charts.append(("deletion and insertion curves", path))
     chart = ", ".join(path for _, path in charts)
+    if args.road:
+        chart += ", " + write_road_table(results, os.path.join(args.output_dir, "road.csv"))
     images, maps, titles, classes_shown = qualitative_maps(entries, loader, device, args.figure_images)
     figure = os.path.join(args.output_dir, "qualitative.png")
     save_overlay_grid(images, maps, titles, figure, map_titles=classes_shown)

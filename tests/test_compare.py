@@ -163,7 +163,8 @@ def test_compare_writes_tables_figures_and_throughput(setup, tmp_path):
     with open(output / "comparison.csv", newline="") as handle:
         table = list(csv.reader(handle))
     assert table[0][:8] == ["backbone", "method", "AD@100%", "IC@100%", "AD@50%", "IC@50%", "AD@15%", "IC@15%"]
-    assert "explain img/s" in table[0] and "ROAD combined" in table[0]
+    assert "explain img/s" in table[0] and "ROAD combined" in table[0] and "ROAD MoRF acc % ↓" in table[0]
+    assert (output / "road.csv").read_text().count("\n") == 1 + len(rows)  # one percentile per row
     assert table[0][-2:] == ["deletion AUC ↓", "insertion AUC ↑"]
     assert float(table[2][-2]) == pytest.approx(rows[1]["deletion_auc"], abs=1e-4)
     assert float(table[2][2]) == pytest.approx(rows[1]["summary"][0]["average_drop"], abs=0.01)
