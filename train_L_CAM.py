@@ -60,6 +60,7 @@ from utils.training import (
     fit,
     resume_training,
 )
+from utils.training.diagnostics import TermGradientProbe
 
 ROOT_DIR = REPO_ROOT
 
@@ -306,6 +307,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "(0: off); --resume True continues from it, evaluation takes the newest end-of-epoch checkpoint",
     )
     extra.add_argument(
+        "--log_term_gradients",
+        type=non_negative_int,
+        default=0,
+        help="every N steps record each loss term's gradient norm at the head, the masks' saturation and the share "
+        "of collapsed maps to SNAPSHOT_DIR/term_gradients.json and .png (docs/small-data.md); 0: off",
+    )
+    extra.add_argument(
         "--stop_after_step",
         type=non_negative_int,
         default=0,
@@ -452,6 +460,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         validate=_held_out_check(val_samples, args, device),
         best_by=args.best_by,
         plateau_epochs=args.plateau_epochs,
+        term_gradients=TermGradientProbe(args.log_term_gradients) if args.log_term_gradients else None,
     )
     lr_schedule = adjust_lr if args.lr_schedule == "epoch-decay" else _no_epoch_schedule
     try:

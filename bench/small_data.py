@@ -214,8 +214,7 @@ def _summary(rows: list[dict[str, Any]]) -> str:
         seeds = sorted({row["seed"] for row in group})
         accuracy = [row["classifier_accuracy"] for row in group if row["method"] == "gradcam"]
         lines += [
-            f"### {dataset}, {network} (seeds {', '.join(map(str, seeds))}; test accuracy "
-            f"{_mean_std(accuracy)} %)",
+            f"### {dataset}, {network} (seeds {', '.join(map(str, seeds))}; test accuracy {_mean_std(accuracy)} %)",
             "",
             "| method | " + " | ".join(SCORE_COLUMNS) + " | head CPU s |",
             "|---|" + "---|" * (len(SCORE_COLUMNS) + 1),
@@ -277,7 +276,9 @@ def _verdict(by_method: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def write_results(rows: list[dict[str, Any]], output_dir: str, info: dict[str, Any]) -> str:
     """results.csv, results.json and results.md; returns the markdown."""
-    ResultsTable.from_records([{field: row.get(field, "") for field in RESULT_FIELDS} for row in rows], RESULT_FIELDS).write_csv(os.path.join(output_dir, "results.csv"))
+    ResultsTable.from_records(
+        [{field: row.get(field, "") for field in RESULT_FIELDS} for row in rows], RESULT_FIELDS
+    ).write_csv(os.path.join(output_dir, "results.csv"))
     write_json(os.path.join(output_dir, "results.json"), {**info, "rows": rows})
     markdown = f"Command: `{info['command']}`\n\n" + _summary(rows) + "\n"
     with atomic_open(os.path.join(output_dir, "results.md")) as handle:
@@ -311,9 +312,17 @@ def run_one(args, dataset_name: str, dataset, network: str, seed: int, device, r
         dataset.root,
     )  # fmt: skip
     base = {"dataset": dataset_name, "network": network, "seed": seed, "classifier_accuracy": accuracy}
-    record({**base, "method": "gradcam", **_score(args, "gradcam", build_explainer("gradcam", classifier), classifier, test, device)})
+    record(
+        {
+            **base,
+            "method": "gradcam",
+            **_score(args, "gradcam", build_explainer("gradcam", classifier), classifier, test, device),
+        }
+    )
     initial = _initial_head(args, classifier, device)
-    record({**base, "method": "lcam_init", **_score(args, "lcam_init", LCAMExplainer(initial), classifier, test, device)})
+    record(
+        {**base, "method": "lcam_init", **_score(args, "lcam_init", LCAMExplainer(initial), classifier, test, device)}
+    )
     for init in args.head_inits:
         checkpoint, cpu_seconds = train_head(
             args, network, os.path.join(run_dir, "classifier.pth"), dataset.root, run_dir, init, seed

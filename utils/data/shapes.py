@@ -93,6 +93,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, label: int, center, radius: float, an
             (cx - radius, cy - radius, cx + radius, cy + radius), outline=fill, width=max(2, round(radius / 3))
         )
     elif label == 3:
+        radius /= math.sqrt(1 + 1 / 9)  # the arms' corners on the circle of the other shapes
         arm = radius / 3
         for ends in (((-radius, -arm), (radius, arm)), ((-arm, -radius), (arm, radius))):
             corners = [(x, y) for x in (ends[0][0], ends[1][0]) for y in (ends[0][1], ends[1][1])]
