@@ -53,7 +53,7 @@ from utils.evaluation.localization import LocalizationMeter
 from utils.evaluation.reports import MethodScores, ResultsTable, save_overlay_grid, save_scores_chart, write_markdown
 from utils.explainers.baselines import NormalizedClassifier, build_explainer
 from utils.training.loop import TrainOptions, fit
-from utils.training.optim import build_optimizer
+from utils.training.recipe import RECIPES, build_recipe_optimizer, lr_schedules
 
 PERCENTAGES = (0.0, 0.5, 0.85)  # fractions of pixels dropped: 100 %, 50 %, 15 % kept
 LCAM_METHODS = {
@@ -179,7 +179,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     training.add_argument("--head_epochs", type=non_negative_int, default=4, help="epochs of each L-CAM head")
     training.add_argument(
-        "--head_lr", type=positive_float, default=1e-4, help="the reference --lr (AM weights train at 100x)"
+        "--head_recipe",
+        choices=tuple(RECIPES),
+        default="small-data",
+        help="the heads' training recipe (docs/small-data.md): 'small-data' (AdamW, cosine lr by steps, warm-up of "
+        "area and smoothness) or 'reference' (the authors' SGD, lr x 0.75 per epoch)",
+    )
+    training.add_argument(
+        "--head_lr", type=positive_float, default=None, help="the heads' lr [the recipe's: 1e-3, or 1e-4 (reference)]"
     )
     training.add_argument(
         "--head_init",
@@ -191,8 +198,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     training.add_argument(
         "--head_init_scale",
         type=positive_float,
-        default=1.0,
-        help="factor on the weights copied by --head_init classifier",
+        default=None,
+        help="factor on the weights copied by --head_init classifier [the recipe's: 0.1, or 1 (reference)]",
     )
     training.add_argument("--head_batch_size", type=positive_int, default=32, help="L-CAM head batch size")
     training.add_argument("--head_train_images", type=positive_int, default=2000, help="training images of the heads")
@@ -283,17 +290,25 @@ def train_head(args, key: str, network: nn.Module, images, labels, device: torch
     model = GenericLCAM.build(
         backbone=network, num_classes=len(CLASS_NAMES), input_size=args.canvas_size, backbone_mode="frozen", **settings
     ).to(device)
+    recipe = RECIPES[args.head_recipe]
     if args.head_init == "classifier":  # CAM: class k's map is fc.weight[k] . FM(x, y) + fc.bias[k]
-        init_head_from_classifier(model, args.head_init_scale)
+        init_head_from_classifier(
+            model, recipe.head_init_scale if args.head_init_scale is None else args.head_init_scale
+        )
+    loader = _loader(images, labels, args.head_batch_size, shuffle=True, seed=args.seed)
+    step_schedule, lr_schedule = lr_schedules(recipe.lr_schedule, max(1, args.head_epochs * len(loader)))
     options = TrainOptions(
         device=device,
         disp_interval=10,
         snapshot_dir=os.path.join(args.output_dir, "heads", key),
         args={**vars(args), "method": key},
         progress=True,
+        warmup_steps=recipe.warmup_steps,
+        step_schedule=step_schedule,
     )
-    loader = _loader(images, labels, args.head_batch_size, shuffle=True, seed=args.seed)
-    fit(model, loader, build_optimizer(model, args.head_lr), args.head_epochs, options)
+    decay = None if recipe.optimizer == "sgd-reference" else recipe.weight_decay
+    optimizer = build_recipe_optimizer(model, recipe.optimizer, args.head_lr or recipe.lr, decay)
+    fit(model, loader, optimizer, args.head_epochs, options, lr_schedule=lr_schedule)
     return model.eval()
 
 
