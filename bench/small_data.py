@@ -19,12 +19,13 @@ at 100/50/15 % kept, energy in the box and pointing game (correctly classified i
 Writes ``results.json`` / ``results.csv`` (one row per dataset, network, seed and method) and
 ``results.md`` (mean and standard deviation over the seeds, and whether L-CAM-Img with the
 recipe reaches a pointing game >= 90 % and AD/IC at 100 % within Grad-CAM's noise) under
-``--output_dir``, after every step; a classifier already trained in ``--output_dir`` is reused.
+``--output_dir``, after every step; a classifier or head already trained in ``--output_dir`` is reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -52,6 +53,7 @@ DATASETS: dict[str, Callable[..., Any]] = {"digits": make_digits_dataset, "shape
 # name: (--backbone spec, the layer Grad-CAM reads)
 NETWORKS = {"demo-cnn": ("demo:DigitsCNN", "features"), "resnet18": ("resnet18", "layer4")}
 HEAD_INITS = ("classifier", "random")
+CPU_FILE = "cpu_seconds.json"  # beside a finished head: its CPU time and command
 METHOD_NAMES = {
     "gradcam": "Grad-CAM",
     "lcam_init": "L-CAM-Img head at its initialisation (the classifier's CAM, 0 steps)",
@@ -162,13 +164,20 @@ def _head_command(args, network: str, classifier_path: str, data_root: str, run_
 
 
 def train_head(args, network: str, classifier_path: str, data_root: str, run_dir: str, init: str, seed: int):
-    """Run ``train_L_CAM.py`` in a child process; returns its checkpoint and CPU seconds."""
+    """Run ``train_L_CAM.py`` in a child process; returns its checkpoint and CPU seconds. A
+    head that finished in an earlier run (its ``cpu_seconds.json`` written) is reused."""
+    snapshot_dir = os.path.join(run_dir, f"lcam_{init}")
+    checkpoint, timing = os.path.join(snapshot_dir, "lcam_best.pth.tar"), os.path.join(snapshot_dir, CPU_FILE)
+    if os.path.isfile(checkpoint) and os.path.isfile(timing):
+        with open(timing, encoding="utf-8") as handle:
+            return checkpoint, json.load(handle)["cpu_seconds"]
     command = _head_command(args, network, classifier_path, data_root, run_dir, init, seed)
     print("$", " ".join(command[1:]), flush=True)
     before = _children_cpu_seconds()
     subprocess.run(command, cwd=REPO_ROOT, check=True)
     seconds = _children_cpu_seconds() - before
-    return os.path.join(run_dir, f"lcam_{init}", "lcam_best.pth.tar"), seconds
+    write_json(timing, {"cpu_seconds": seconds, "command": command[1:]})
+    return checkpoint, seconds
 
 
 def _classifier(args, network: str, train: DigitsSplit, run_dir: str, seed: int, device) -> NormalizedClassifier:
@@ -287,7 +296,7 @@ def write_results(rows: list[dict[str, Any]], output_dir: str, info: dict[str, A
 
 
 def _score(args, key, explainer, classifier, test, device) -> dict[str, Any]:
-    return score_explainer(
+    row, _ = score_explainer(
         classifier,
         explainer,
         test.images,
@@ -297,6 +306,7 @@ def _score(args, key, explainer, classifier, test, device) -> dict[str, Any]:
         description=key,
         progress=not args.no_progress,
     )
+    return row
 
 
 def run_one(args, dataset_name: str, dataset, network: str, seed: int, device, record) -> None:

@@ -145,11 +145,12 @@ def score_explainer(
     batch_size: int = 50,
     description: str = "",
     progress: bool = True,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], torch.Tensor]:
     """AD and IC at 100, 50 and 15 % of the map kept (the explained class the prediction;
     :func:`utils.evaluation.evaluate`) and, on the correctly classified images, the energy in
     the box and the pointing game, all in percent (:data:`SCORE_COLUMNS`), with ``images``
-    and ``localised_images`` (the counts) and ``seconds``.
+    and ``localised_images`` (the counts) and ``seconds``; and the maps (N x 1 x H x W in
+    [0, 1], on the CPU).
     """
     recorder = _RecordingExplainer(explainer)
     loader = tensor_loader(images, labels, batch_size, shuffle=False)
@@ -173,4 +174,4 @@ def score_explainer(
         localised_images=localisation["count"],
         seconds=result.seconds,
     )
-    return row
+    return row, maps
