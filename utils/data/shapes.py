@@ -20,8 +20,6 @@ write byte-identical files. :func:`utils.data.digits.load_split` and
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 from typing import NamedTuple
@@ -32,7 +30,7 @@ from tqdm import tqdm
 
 from utils.core.errors import UserValueError
 from utils.core.files import atomic_open, write_json
-from utils.data.digits import SPLITS, DatasetSettingsError, DigitsDataset, _differences
+from utils.data.digits import SPLITS, DigitsDataset, reusable, write_box_file
 
 __all__ = [
     "CLASS_NAMES",
@@ -208,7 +206,7 @@ def make_shapes_dataset(
 
     Raises:
         ValueError: bad sizes or counts.
-        DatasetSettingsError: ``root`` holds a dataset made with other settings.
+        utils.data.digits.DatasetSettingsError: ``root`` holds a dataset made with other settings.
     """
     counts = (num_train, num_val, num_test)
     if any(not isinstance(count, int) or count < 1 for count in counts):
@@ -228,16 +226,8 @@ def make_shapes_dataset(
     )
     settings = _settings(seed, canvas_size, counts, shape_size, clutter)
     settings_path = os.path.join(root, SETTINGS_FILE)
-    if os.path.isfile(settings_path) and not overwrite:
-        with open(settings_path, encoding="utf-8") as handle:
-            existing = json.load(handle).get("settings") or {}
-        if existing != settings:
-            raise DatasetSettingsError(
-                f"{root} holds a shapes dataset made with other settings ({_differences(existing, settings)}); "
-                "choose another directory or pass overwrite=True"
-            )
-        if all(os.path.isfile(path) for path in dataset[1:5]):
-            return dataset
+    if not overwrite and reusable(settings_path, settings, dataset[1:5], "shapes"):
+        return dataset
     rows = []
     for split_index, (split, count) in enumerate(zip(SPLITS, counts)):
         rng = np.random.default_rng([seed, 104729, split_index])
@@ -254,9 +244,6 @@ def make_shapes_dataset(
             rows.append((relative, split, label, *drawn.box, -1))
         with atomic_open(os.path.join(root, f"{split}.txt")) as handle:
             handle.writelines(lines)
-    with atomic_open(dataset.boxes_file, newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("image", "split", "label", "x0", "y0", "x1", "y1", "source"))
-        writer.writerows(rows)
+    write_box_file(dataset.boxes_file, rows)
     write_json(settings_path, {"settings": settings, "classes": list(CLASS_NAMES)})
     return dataset
