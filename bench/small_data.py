@@ -251,11 +251,12 @@ def _mean_std(values: Sequence[float], digits: int = 1) -> str:
 
 
 def _verdict(by_method: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Plain sentences: pointing >= 90 %, AD/IC at 100 % within 2 std of Grad-CAM over the
-    seeds, and who wins at 15 % kept."""
+    """Plain sentences on the seeds that have both: pointing >= 90 %, AD/IC at 100 % within 2
+    std of Grad-CAM over the seeds, and who wins at 15 % kept."""
     if "gradcam" not in by_method or "lcam_classifier" not in by_method:
         return []
-    gradcam, lcam = by_method["gradcam"], by_method["lcam_classifier"]
+    lcam = by_method["lcam_classifier"]
+    gradcam = [row for row in by_method["gradcam"] if row["seed"] in {row["seed"] for row in lcam}]  # same seeds
 
     def mean(rows, column):
         return statistics.fmean(row[column] for row in rows)
@@ -268,10 +269,11 @@ def _verdict(by_method: dict[str, list[dict[str, Any]]]) -> list[str]:
     for column in ("AD100", "IC100"):
         difference, allowed = mean(lcam, column) - mean(gradcam, column), noise(gradcam, column)
         within = abs(difference) <= allowed
+        paired = ", ".join(f"{value:+.1f}" for value in _paired_differences(lcam, gradcam, column))
         sentences.append(
             f"- {column}: L-CAM-Img {mean(lcam, column):.1f} vs Grad-CAM {mean(gradcam, column):.1f} "
             f"(difference {difference:+.1f}; Grad-CAM's noise, 2 std over seeds, {allowed:.1f}): "
-            f"{'within' if within else 'outside'} the noise."
+            f"{'within' if within else 'outside'} the noise; per seed (same classifier) {paired}."
         )
     ad_better = mean(lcam, "AD15") < mean(gradcam, "AD15")
     ic_better = mean(lcam, "IC15") > mean(gradcam, "IC15")
@@ -281,6 +283,12 @@ def _verdict(by_method: dict[str, list[dict[str, Any]]]) -> list[str]:
         f"({mean(lcam, 'IC15'):.1f} vs {mean(gradcam, 'IC15'):.1f})."
     )
     return sentences
+
+
+def _paired_differences(rows: list[dict[str, Any]], baseline: list[dict[str, Any]], column: str) -> list[float]:
+    """``rows[seed][column] - baseline[seed][column]`` for the seeds both have (same classifier)."""
+    by_seed = {row["seed"]: row[column] for row in baseline}
+    return [row[column] - by_seed[row["seed"]] for row in rows if row["seed"] in by_seed]
 
 
 def write_results(rows: list[dict[str, Any]], output_dir: str, info: dict[str, Any]) -> str:
