@@ -268,12 +268,13 @@ def _verdict(by_method: dict[str, list[dict[str, Any]]]) -> list[str]:
     sentences = [f"- L-CAM-Img (recipe) pointing game {pointing:.1f} %: {'>=' if pointing >= 90 else '<'} 90 %."]
     for column in ("AD100", "IC100"):
         difference, allowed = mean(lcam, column) - mean(gradcam, column), noise(gradcam, column)
-        within = abs(difference) <= allowed
+        better = difference < 0 if column.startswith("AD") else difference > 0
+        verdict = "within the noise" if abs(difference) <= allowed else f"{'better' if better else 'worse'} beyond it"
         paired = ", ".join(f"{value:+.1f}" for value in _paired_differences(lcam, gradcam, column))
         sentences.append(
             f"- {column}: L-CAM-Img {mean(lcam, column):.1f} vs Grad-CAM {mean(gradcam, column):.1f} "
             f"(difference {difference:+.1f}; Grad-CAM's noise, 2 std over seeds, {allowed:.1f}): "
-            f"{'within' if within else 'outside'} the noise; per seed (same classifier) {paired}."
+            f"{verdict}; per seed (same classifier) {paired}."
         )
     ad_better = mean(lcam, "AD15") < mean(gradcam, "AD15")
     ic_better = mean(lcam, "IC15") > mean(gradcam, "IC15")
