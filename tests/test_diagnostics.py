@@ -58,7 +58,9 @@ def test_mask_statistics_by_hand():
     stats = own_mask_statistics(cams, torch.tensor([0, 1, 0]), num_classes=3)
     assert stats["saturated"] == pytest.approx(2 / 3)
     assert stats["collapsed"] == pytest.approx(1 / 3)
-    assert stats["mask_mean"] == pytest.approx((torch.sigmoid(torch.tensor(10.0)) + torch.sigmoid(torch.tensor(-10.0)) + 0.5) / 3)
+    assert stats["mask_mean"] == pytest.approx(
+        (torch.sigmoid(torch.tensor(10.0)) + torch.sigmoid(torch.tensor(-10.0)) + 0.5) / 3
+    )
     assert stats["collapsed_by_class"] == [0, 1, 0]
     assert stats["images_by_class"] == [2, 1, 0]
 
