@@ -31,7 +31,6 @@ what was finished.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import time
@@ -39,27 +38,31 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from models.generic import GenericLCAM, init_head_from_classifier
 from utils.core.checkpoint import save_checkpoint
 from utils.core.cli import non_negative_int, positive_float, positive_int, run_cli
 from utils.core.errors import UserError
-from utils.core.files import atomic_open, ensure_writable, write_json
+from utils.core.files import ensure_writable, write_json
 from utils.core.runtime import resolve_device, seed_everything
 from utils.data.digits import CLASS_NAMES, DatasetSettingsError, DigitsSplit, load_split, make_digits_dataset
-from utils.evaluation import LCAMExplainer, evaluate, normalize_and_upsample
+from utils.evaluation import LCAMExplainer
 from utils.evaluation.explanations import ExplainOptions, explain_images
-from utils.evaluation.insertion_deletion import InsertionDeletionMeter, insertion_deletion_curves
-from utils.evaluation.localization import LocalizationMeter
 from utils.evaluation.reports import MethodScores, ResultsTable, save_overlay_grid, save_scores_chart, write_markdown
 from utils.explainers.baselines import NormalizedClassifier, build_explainer
 from utils.training.loop import TrainOptions, fit
-from utils.training.optim import build_optimizer
+from utils.training.recipe import RECIPES, build_recipe_optimizer, lr_schedules
+from utils.training.study import (
+    KEPT_FRACTIONS,
+    predict,
+    score_explainer,
+    tensor_loader,
+    write_predicted_datalist,
+)
+from utils.training.study import train_classifier as train_classifier_on
 
-PERCENTAGES = (0.0, 0.5, 0.85)  # fractions of pixels dropped: 100 %, 50 %, 15 % kept
+PERCENTAGES = KEPT_FRACTIONS  # fractions of pixels dropped: 100 %, 50 %, 15 % kept
 LCAM_METHODS = {
     # key: (table name, GenericLCAM settings)
     "lcam_img_own": ("L-CAM-Img (own-label maps)", {"apply_cam_to": "image", "mask_loss_maps": "own"}),
@@ -121,35 +124,6 @@ class DigitsCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-class _ClassifierObjective(nn.Module):
-    """The classifier as :func:`utils.training.fit` trains a model: ``forward(images,
-    labels)`` -> logits of the [0, 1] images, ``loss(logits, labels)`` -> cross-entropy."""
-
-    def __init__(self, classifier: NormalizedClassifier) -> None:
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classifier(images)
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, labels)
-
-
-class _RecordingExplainer:
-    """Passes ``explain`` through and keeps every map (on the CPU), so the maps of the AD/IC
-    pass also serve the localisation metrics and the figures without recomputation."""
-
-    def __init__(self, explainer: Any) -> None:
-        self.explainer = explainer
-        self.maps: list[torch.Tensor] = []
-
-    def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        maps = self.explainer.explain(images, classes)
-        self.maps.append(maps.detach().float().cpu())
-        return maps
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="demo.py",
@@ -184,7 +158,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     training.add_argument("--head_epochs", type=non_negative_int, default=4, help="epochs of each L-CAM head")
     training.add_argument(
-        "--head_lr", type=positive_float, default=1e-4, help="the reference --lr (AM weights train at 100x)"
+        "--head_recipe",
+        choices=tuple(RECIPES),
+        default="small-data",
+        help="the heads' training recipe (docs/small-data.md): 'small-data' (AdamW, cosine lr by steps, warm-up of "
+        "area and smoothness) or 'reference' (the authors' SGD, lr x 0.75 per epoch)",
+    )
+    training.add_argument(
+        "--head_lr", type=positive_float, default=None, help="the heads' lr [the recipe's: 1e-3, or 1e-4 (reference)]"
     )
     training.add_argument(
         "--head_init",
@@ -196,8 +177,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     training.add_argument(
         "--head_init_scale",
         type=positive_float,
-        default=1.0,
-        help="factor on the weights copied by --head_init classifier",
+        default=None,
+        help="factor on the weights copied by --head_init classifier [the recipe's: 0.1, or 1 (reference)]",
     )
     training.add_argument("--head_batch_size", type=positive_int, default=32, help="L-CAM head batch size")
     training.add_argument("--head_train_images", type=positive_int, default=2000, help="training images of the heads")
@@ -238,50 +219,21 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> li
     return methods
 
 
-def _loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    dataset = TensorDataset(images, labels, torch.arange(len(labels)))
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-
-
-def _cosine(epochs: int):
-    def schedule(optimizer: torch.optim.Optimizer, epoch: int) -> None:
-        for group in optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-            group["lr"] = group["initial_lr"] * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-
-    return schedule
-
-
-@torch.no_grad()
-def predict(classifier: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """Predicted classes of ``images`` (in [0, 1]) by ``classifier``, in eval mode."""
-    classifier.eval()
-    return torch.cat(
-        [classifier(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)]
-    )
-
-
 def train_classifier(args, train: DigitsSplit, device: torch.device) -> NormalizedClassifier:
     """Train :class:`DigitsCNN` with AdamW and a cosine schedule through the project's loop."""
     torch.manual_seed(args.seed)
     network = DigitsCNN(num_classes=len(CLASS_NAMES), width=args.width)
-    classifier = NormalizedClassifier(network, network.features).to(device)
-    objective = _ClassifierObjective(classifier)
-    optimizer = torch.optim.AdamW(objective.parameters(), lr=args.classifier_lr, weight_decay=1e-4)
-    loader = _loader(train.images, train.labels, args.batch_size, shuffle=True, seed=args.seed)
-    options = TrainOptions(device=device, disp_interval=20, progress=True)
-    fit(objective, loader, optimizer, args.classifier_epochs, options, lr_schedule=_cosine(args.classifier_epochs))
-    classifier.eval()
-    return classifier
-
-
-def write_model_truth(path: str, split: DigitsSplit, predictions: torch.Tensor, root: str) -> None:
-    """The datalist of ``split`` with the classifier's predictions as labels (the reference
-    trains L-CAM on these "model truth" labels)."""
-    with atomic_open(path) as handle:
-        for image_path, label in zip(split.paths, predictions.tolist()):
-            handle.write(f"{os.path.relpath(image_path, root)} {label}\n")
+    return train_classifier_on(
+        network,
+        network.features,
+        train.images,
+        train.labels,
+        device,
+        epochs=args.classifier_epochs,
+        lr=args.classifier_lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
 
 
 def train_head(args, key: str, network: nn.Module, images, labels, device: torch.device) -> GenericLCAM:
@@ -291,17 +243,25 @@ def train_head(args, key: str, network: nn.Module, images, labels, device: torch
     model = GenericLCAM.build(
         backbone=network, num_classes=len(CLASS_NAMES), input_size=args.canvas_size, backbone_mode="frozen", **settings
     ).to(device)
+    recipe = RECIPES[args.head_recipe]
     if args.head_init == "classifier":  # CAM: class k's map is fc.weight[k] . FM(x, y) + fc.bias[k]
-        init_head_from_classifier(model, args.head_init_scale)
+        init_head_from_classifier(
+            model, recipe.head_init_scale if args.head_init_scale is None else args.head_init_scale
+        )
+    loader = tensor_loader(images, labels, args.head_batch_size, shuffle=True, seed=args.seed)
+    step_schedule, lr_schedule = lr_schedules(recipe.lr_schedule, max(1, args.head_epochs * len(loader)))
     options = TrainOptions(
         device=device,
         disp_interval=10,
         snapshot_dir=os.path.join(args.output_dir, "heads", key),
         args={**vars(args), "method": key},
         progress=True,
+        warmup_steps=recipe.warmup_steps,
+        step_schedule=step_schedule,
     )
-    loader = _loader(images, labels, args.head_batch_size, shuffle=True, seed=args.seed)
-    fit(model, loader, build_optimizer(model, args.head_lr), args.head_epochs, options)
+    decay = None if recipe.optimizer == "sgd-reference" else recipe.weight_decay
+    optimizer = build_recipe_optimizer(model, recipe.optimizer, args.head_lr or recipe.lr, decay)
+    fit(model, loader, optimizer, args.head_epochs, options, lr_schedule=lr_schedule)
     return model.eval()
 
 
@@ -323,46 +283,18 @@ def evaluate_method(
 ) -> tuple[dict, torch.Tensor]:
     """AD/IC at every percentage and localisation on the first ``count`` held-out images;
     returns the table row and the maps (count x 1 x H x W, in [0, 1])."""
-    recorder = _RecordingExplainer(explainer)
-    loader = _loader(test.images[:count], test.labels[:count], 50, shuffle=False)
-    result = evaluate(classifier, recorder, loader, PERCENTAGES, device=device, description=key)
-    maps = normalize_and_upsample(torch.cat(recorder.maps), test.images.shape[-2:])
-    correct = result.predicted == result.labels  # explained class = prediction = ground truth
-    meter = LocalizationMeter()
-    meter.update(maps[correct], test.boxes[:count][correct])
-    deletion, insertion = _insertion_deletion(classifier, test.images[:count], maps, result.predicted, args, device)
-    row: dict[str, Any] = {"method": key, "name": LCAM_METHODS.get(key, (BASELINE_METHODS.get(key),))[0]}
-    for entry in result.summary:
-        kept = f"{round(entry['kept_percent'])}"
-        row[f"AD{kept}"] = entry["average_drop"]
-        row[f"IC{kept}"] = entry["increase_in_confidence"]
-    localisation = meter.summary()
-    row.update(
-        energy_in_box=localisation["energy_in_box"],
-        pointing_game=localisation["pointing_game"],
-        max_box_acc_v2=localisation["max_box_acc_v2"],
-        deletion_auc=deletion,
-        insertion_auc=insertion,
-        images=result.num_images,
-        localised_images=localisation["count"],
-        seconds=result.seconds,
+    scores, maps = score_explainer(
+        classifier,
+        explainer,
+        test.images[:count],
+        test.labels[:count],
+        test.boxes[:count],
+        device,
+        description=key,
+        id_step=args.id_step,
     )
-    return row, maps
-
-
-def _insertion_deletion(classifier, images, maps, predicted, args, device) -> tuple[float, float]:
-    """Mean deletion and insertion AUCs (in percent of a curve at probability 1) of the maps
-    already computed, ``args.id_step`` pixels per step (:mod:`utils.evaluation.insertion_deletion`)."""
-    meter = InsertionDeletionMeter()
-    for start in range(0, len(images), 50):
-        part = slice(start, start + 50)
-        meter.update(
-            *insertion_deletion_curves(
-                classifier, images[part].to(device), maps[part].to(device), predicted[part].to(device), args.id_step
-            )
-        )
-    summary = meter.summary()
-    return summary["deletion_auc"] * 100, summary["insertion_auc"] * 100
+    row: dict[str, Any] = {"method": key, "name": LCAM_METHODS.get(key, (BASELINE_METHODS.get(key),))[0]}
+    return {**row, **scores}, maps
 
 
 COLUMNS = (
@@ -567,7 +499,9 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
 
     print("[3/6] model-truth labels of the training images")
     model_truth = predict(classifier, train.images, device)
-    write_model_truth(os.path.join(args.output_dir, "model_truth_train.txt"), train, model_truth, dataset.root)
+    write_predicted_datalist(
+        os.path.join(args.output_dir, "model_truth_train.txt"), train.paths, model_truth, dataset.root
+    )
     head_images, head_labels = train.images[: args.head_train_images], model_truth[: args.head_train_images]
 
     heads = {}

@@ -50,16 +50,16 @@ from utils.training import (
     RECIPES,
     SCHEDULES,
     HeldOutCheck,
-    StepSchedule,
     TrainOptions,
     TrainState,
-    adjust_lr,
     archive_previous_run,
     build_recipe_optimizer,
     check_no_previous_run,
     fit,
+    lr_schedules,
     resume_training,
 )
+from utils.training.diagnostics import TermGradientProbe
 
 ROOT_DIR = REPO_ROOT
 
@@ -306,6 +306,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "(0: off); --resume True continues from it, evaluation takes the newest end-of-epoch checkpoint",
     )
     extra.add_argument(
+        "--log_term_gradients",
+        type=non_negative_int,
+        default=0,
+        help="every N steps record each loss term's gradient norm at the head, the masks' saturation and the share "
+        "of collapsed maps to SNAPSHOT_DIR/term_gradients.json and .png (docs/small-data.md); 0: off",
+    )
+    extra.add_argument(
         "--stop_after_step",
         type=non_negative_int,
         default=0,
@@ -436,6 +443,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         forward_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     forward_model = compile_function(forward_model, args.compile)
 
+    step_schedule, lr_schedule = lr_schedules(args.lr_schedule, args.epoch * len(loader))
     options = TrainOptions(
         device=device,
         amp=args.amp,
@@ -448,21 +456,17 @@ def main(args: argparse.Namespace) -> list[dict]:
         args=vars(args),
         progress=not args.no_progress,
         warmup_steps=args.warmup_steps,
-        step_schedule=StepSchedule(args.epoch * len(loader)) if args.lr_schedule == "cosine-steps" else None,
+        step_schedule=step_schedule,
         validate=_held_out_check(val_samples, args, device),
         best_by=args.best_by,
         plateau_epochs=args.plateau_epochs,
+        term_gradients=TermGradientProbe(args.log_term_gradients) if args.log_term_gradients else None,
     )
-    lr_schedule = adjust_lr if args.lr_schedule == "epoch-decay" else _no_epoch_schedule
     try:
         return fit(model, loader, optimizer, args.epoch, options, state, scaler, forward_model, dist, lr_schedule)
     finally:
         if dist.enabled:
             torch.distributed.destroy_process_group()
-
-
-def _no_epoch_schedule(optimizer: torch.optim.Optimizer, epoch: int) -> None:
-    """The lr is set per step (--lr_schedule cosine-steps), not per epoch."""
 
 
 def _init_head(model: torch.nn.Module, args: argparse.Namespace, is_main: bool) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 
@@ -169,9 +170,11 @@ def test_generic_run_with_val_list_reports_keeps_best_and_plots(jpeg_tree, tmp_p
     snapshot = tmp_path / "snap"
     argv = ["--arch", "generic", "--backbone", "tests.test_generic:small_sequential_cnn", "--train_list", str(datalist)]
     argv += ["--img_dir", str(root), "--val_list", str(datalist), "--snapshot_dir", str(snapshot), *TINY]
-    argv += ["--epoch", "2", "--plateau_epochs", "1", "--best_by", "ic"]
+    argv += ["--epoch", "2", "--plateau_epochs", "1", "--best_by", "ic", "--log_term_gradients", "2"]
     summaries = train_L_CAM.main(train_L_CAM.get_args_parser().parse_args(argv))
     assert len(summaries) == 2
+    with open(snapshot / "term_gradients.json", encoding="utf-8") as handle:  # steps 0, 2, 4 of 6
+        assert [record["step"] for record in json.load(handle)["records"]] == [0, 2, 4]
     for summary in summaries:
         for key in ("val_masked_accuracy", "val_ad", "val_ic", "val_loss", "val_ce", "val_area", "val_smoothness"):
             assert math.isfinite(summary[key]), key
@@ -187,3 +190,18 @@ def test_generic_run_with_val_list_reports_keeps_best_and_plots(jpeg_tree, tmp_p
     # the custom CNN ends with pooling and one linear layer: the recipe started from it
     checkpoint = torch.load(next(snapshot.glob("lcam_epoch_0_*.pth.tar")), weights_only=True)
     assert checkpoint["args"]["head_init"] == "classifier" and checkpoint["args"]["optimizer"] == "adamw"
+
+
+def test_lr_schedules_by_name():
+    from utils.training.optim import adjust_lr
+    from utils.training.recipe import lr_schedules
+
+    assert lr_schedules("epoch-decay", 10) == (None, adjust_lr)
+    step_schedule, epoch_schedule = lr_schedules("cosine-steps", 10)
+    assert isinstance(step_schedule, StepSchedule) and step_schedule.total_steps == 10
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    epoch_schedule(optimizer, 3)  # nothing per epoch: the lr is set per step
+    assert optimizer.param_groups[0]["lr"] == 0.1
+    with pytest.raises(ValueError, match="'lr_schedule' must be one of epoch-decay, cosine-steps"):
+        lr_schedules("linear", 10)

@@ -46,7 +46,9 @@ __all__ = [
     "make_digits_dataset",
     "read_boxes",
     "render_canvas",
+    "reusable",
     "split_sources",
+    "write_box_file",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -234,17 +236,8 @@ def make_digits_dataset(
     )
     settings = _settings(seed, canvas_size, counts, digit_size, fragments)
     settings_path = os.path.join(root, SETTINGS_FILE)
-    if os.path.isfile(settings_path) and not overwrite:
-        with open(settings_path, encoding="utf-8") as handle:
-            existing = json.load(handle)
-        if existing.get("settings") != settings:
-            raise DatasetSettingsError(
-                f"{root} holds a digits dataset made with other settings "
-                f"({_differences(existing.get('settings') or {}, settings)}); "
-                "choose another directory or pass overwrite=True"
-            )
-        if all(os.path.isfile(path) for path in dataset[1:5]):
-            return dataset
+    if not overwrite and reusable(settings_path, settings, dataset[1:5], "digits"):
+        return dataset
     scans, labels = _load_scans()
     sources = split_sources(labels, seed)
     rows = []
@@ -264,12 +257,37 @@ def make_digits_dataset(
             rows.append((relative, split, int(labels[source]), *canvas.box, source))
         with atomic_open(os.path.join(root, f"{split}.txt")) as handle:
             handle.writelines(lines)
-    with atomic_open(dataset.boxes_file, newline="") as handle:
+    write_box_file(dataset.boxes_file, rows)
+    write_json(settings_path, {"settings": settings, "classes": list(CLASS_NAMES)})
+    return dataset
+
+
+def reusable(settings_path: str, settings: dict, files, kind: str) -> bool:
+    """Whether a generated dataset's folder can be reused as is: True when its settings file
+    records ``settings`` and every one of ``files`` exists; False when there is no settings
+    file (or a file is missing: write it again).
+
+    Raises:
+        DatasetSettingsError: the folder holds a dataset made with other settings.
+    """
+    if not os.path.isfile(settings_path):
+        return False
+    with open(settings_path, encoding="utf-8") as handle:
+        existing = json.load(handle).get("settings") or {}
+    if existing != settings:
+        raise DatasetSettingsError(
+            f"{os.path.dirname(settings_path)} holds a {kind} dataset made with other settings "
+            f"({_differences(existing, settings)}); choose another directory or pass overwrite=True"
+        )
+    return all(os.path.isfile(path) for path in files)
+
+
+def write_box_file(path: str, rows) -> None:
+    """``boxes.csv``: a header and one ``image,split,label,x0,y0,x1,y1,source`` row per image."""
+    with atomic_open(path, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(("image", "split", "label", "x0", "y0", "x1", "y1", "source"))
         writer.writerows(rows)
-    write_json(settings_path, {"settings": settings, "classes": list(CLASS_NAMES)})
-    return dataset
 
 
 def read_boxes(boxes_file: str | os.PathLike) -> dict[str, tuple[int, int, int, int]]:

@@ -20,6 +20,7 @@ from utils.core.errors import UserError, UserValueError
 from utils.core.runtime import DistributedContext
 from utils.data.datalists import Batch, describe_unreadable
 from utils.training.checkpointing import SINGLE_PROCESS, CheckpointWriter, TrainState, gather_objects
+from utils.training.diagnostics import TermGradientProbe
 from utils.training.log import RunLog, report_epoch
 from utils.training.optim import adjust_lr, trainable_lrs
 from utils.training.recipe import regularizer_weight
@@ -66,6 +67,10 @@ class TrainOptions:
             :data:`utils.training.validation.BEST_BY`), used with ``validate``.
         plateau_epochs: epochs without a better held-out masked-image accuracy before one
             warning line (0: never).
+        term_gradients: records the loss terms' gradient norms at the head and the masks'
+            saturation every N steps, written after each epoch to ``term_gradients.json``
+            and ``.png`` in ``snapshot_dir`` (:class:`utils.training.diagnostics.TermGradientProbe`);
+            None: off (no cost).
     """
 
     device: torch.device
@@ -83,6 +88,7 @@ class TrainOptions:
     validate: Callable[[nn.Module], dict[str, float]] | None = None
     best_by: str = "masked_accuracy"
     plateau_epochs: int = 3
+    term_gradients: TermGradientProbe | None = None
 
 
 class EpochMeter:
@@ -314,7 +320,9 @@ def train_one_epoch(
                 images = images.contiguous(memory_format=torch.channels_last)
             if options.step_schedule is not None:
                 options.step_schedule(optimizer, progress.global_counter)
-            out, terms = step(images, labels, regularizer_weight(progress.global_counter, options.warmup_steps))
+            weight = regularizer_weight(progress.global_counter, options.warmup_steps)
+            probe = _term_probe(model, options, labels, progress.global_counter, epoch, weight)
+            out, terms = step(images, labels, weight, probe)
             progress.global_counter += 1
             progress.meter.update(terms, out.logits if hasattr(out, "logits") else out, labels)
             bar.count(labels.numel())
@@ -328,6 +336,14 @@ def train_one_epoch(
         bar.close()
     _check_finite(progress.meter, dist, epoch)
     return progress
+
+
+def _term_probe(model: nn.Module, options: TrainOptions, labels, global_step: int, epoch: int, weight: float):
+    """The probe of this step for :class:`OptimizerStep`, or None (off, or not a recorded step)."""
+    recorder = options.term_gradients
+    if recorder is None or not recorder.wants(global_step):
+        return None
+    return lambda out, terms: recorder.record(model, out, terms, labels, global_step, epoch, weight)
 
 
 def _check_finite(meter: EpochMeter, dist: DistributedContext, epoch: int) -> None:
@@ -495,6 +511,8 @@ def fit(
             report_epoch(summary, epochs)
             if tracker is not None:
                 _report_held_out(summary, tracker, options.snapshot_dir)
+            if options.term_gradients is not None and options.snapshot_dir:
+                options.term_gradients.write(options.snapshot_dir)
             if log is not None:
                 log.add_epoch(summary)
                 if tracker is not None:

@@ -18,6 +18,7 @@ classifier's BatchNorm/Dropout kept in eval mode.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from utils.core.errors import UserValueError
-from utils.training.optim import build_optimizer
+from utils.training.optim import adjust_lr, build_optimizer
 
 __all__ = [
     "HEAD_INITS",
@@ -35,6 +36,7 @@ __all__ = [
     "Recipe",
     "StepSchedule",
     "build_recipe_optimizer",
+    "lr_schedules",
     "regularizer_weight",
 ]
 
@@ -142,3 +144,23 @@ def regularizer_weight(step: int, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return 1.0
     return min(1.0, (step + 1) / warmup_steps)
+
+
+def _no_epoch_schedule(optimizer: torch.optim.Optimizer, epoch: int) -> None:
+    """The lr is set per step (``cosine-steps``), not per epoch."""
+
+
+def lr_schedules(lr_schedule: str, total_steps: int) -> tuple[StepSchedule | None, Callable]:
+    """``(step_schedule, epoch_schedule)`` of a ``--lr_schedule`` value for :func:`utils.training.fit`
+    (its ``TrainOptions.step_schedule`` and ``lr_schedule``): ``"epoch-decay"``: no step
+    schedule and the reference's :func:`utils.training.optim.adjust_lr`; ``"cosine-steps"``:
+    :class:`StepSchedule` over ``total_steps`` and nothing per epoch.
+
+    Raises:
+        ValueError: an unknown ``lr_schedule``.
+    """
+    if lr_schedule == "epoch-decay":
+        return None, adjust_lr
+    if lr_schedule == "cosine-steps":
+        return StepSchedule(total_steps), _no_epoch_schedule
+    raise UserValueError(f"'lr_schedule' must be one of {', '.join(SCHEDULES)}, got {lr_schedule!r}")

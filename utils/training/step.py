@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -61,15 +62,25 @@ class OptimizerStep:
         self.amp = amp
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, regularizer_weight: float = 1.0) -> StepOutput:
+    def __call__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        regularizer_weight: float = 1.0,
+        probe: Callable[[Any, dict[str, torch.Tensor]], Any] | None = None,
+    ) -> StepOutput:
         """One step; ``regularizer_weight`` < 1 scales the area and smoothness terms of an
-        L-CAM loss in the total minimised (a warm-up; the terms are reported unscaled)."""
+        L-CAM loss in the total minimised (a warm-up; the terms are reported unscaled).
+        ``probe(out, terms)`` is called after the loss and before the backward (e.g.
+        :meth:`utils.training.diagnostics.TermGradientProbe.record`, which keeps the graph)."""
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(images.device, self.amp):
             out = self.forward(images, labels)
             terms = loss_terms(self.loss(out, labels))
             if regularizer_weight != 1.0 and "area" in terms:
                 terms["loss"] = terms["ce"] + regularizer_weight * (terms["area"] + terms["smoothness"])
+        if probe is not None:
+            probe(out, terms)
         total = terms["loss"]
         if self.scaler is not None:
             self.scaler.scale(total).backward()

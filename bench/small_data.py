@@ -1,0 +1,402 @@
+"""L-CAM-Img trained by the README's command for one's own CNN against Grad-CAM on the same
+classifier, on generated datasets with boxes, for several networks and seeds.
+
+    python -m bench.small_data --output_dir runs/small_data           # the README's table (CPU: about 2 hours)
+    python -m bench.small_data --datasets shapes --networks resnet18 --seeds 0
+    python -m bench.small_data --quick --output_dir /tmp/sd            # a smoke test; its numbers mean nothing
+
+For each dataset (``digits``: utils/data/digits.py, ``shapes``: utils/data/shapes.py), network
+(``demo-cnn``: demo.DigitsCNN; ``resnet18``: torchvision's, random init) and seed: (1) train the
+classifier on the training images (AdamW, cosine lr; ``utils.training.study``), save its
+state_dict and its predictions of the training images as a datalist; (2) for each
+``--head_inits`` value, run ``train_L_CAM.py --arch generic --backbone ... --backbone_weights
+classifier.pth`` (the ``small-data`` recipe, the README's command, with ``--val_list`` on the
+validation images) in a child process and measure its CPU time; (3) score on the test images,
+with the explained class the prediction: Grad-CAM, the L-CAM head at its initialisation (0
+training steps: the classifier's CAM), and each trained head (``lcam_best.pth.tar``): AD/IC
+at 100/50/15 % kept, energy in the box and pointing game (correctly classified images).
+
+Writes ``results.json`` / ``results.csv`` (one row per dataset, network, seed and method) and
+``results.md`` (mean and standard deviation over the seeds, and whether L-CAM-Img with the
+recipe reaches a pointing game >= 90 % and AD/IC at 100 % within Grad-CAM's noise) under
+``--output_dir``, after every step; a classifier or head already trained in ``--output_dir`` is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from models.generic import GenericLCAM, init_head_from_classifier, load_network
+from utils.core.cli import REPO_ROOT, non_negative_int, positive_int, run_cli
+from utils.core.errors import UserValueError
+from utils.core.files import atomic_open, ensure_writable, write_json
+from utils.core.runtime import resolve_device, seed_everything
+from utils.data.digits import DigitsSplit, load_split, make_digits_dataset
+from utils.data.shapes import make_shapes_dataset
+from utils.evaluation import LCAMExplainer, load_lcam_model
+from utils.evaluation.reports import ResultsTable
+from utils.explainers.baselines import NormalizedClassifier, build_explainer
+from utils.training.study import SCORE_COLUMNS, predict, score_explainer, train_classifier, write_predicted_datalist
+
+DATASETS: dict[str, Callable[..., Any]] = {"digits": make_digits_dataset, "shapes": make_shapes_dataset}
+# name: (--backbone spec, the layer Grad-CAM reads)
+NETWORKS = {"demo-cnn": ("demo:DigitsCNN", "features"), "resnet18": ("resnet18", "layer4")}
+HEAD_INITS = ("classifier", "random")
+CPU_FILE = "cpu_seconds.json"  # beside a finished head: its CPU time and command
+METHOD_NAMES = {
+    "gradcam": "Grad-CAM",
+    "lcam_init": "L-CAM-Img head at its initialisation (the classifier's CAM, 0 steps)",
+    "lcam_classifier": "L-CAM-Img, `--recipe small-data` (its default `--head_init classifier`)",
+    "lcam_random": "L-CAM-Img, `--recipe small-data --head_init random`",
+}
+RESULT_FIELDS = (
+    "dataset",
+    "network",
+    "seed",
+    "method",
+    *SCORE_COLUMNS,
+    "classifier_accuracy",
+    "head_cpu_seconds",
+    "head_steps",
+    "images",
+    "localised_images",
+)
+QUICK = {
+    "num_train": 64,
+    "num_val": 16,
+    "num_test": 16,
+    "classifier_epochs": 1,
+    "head_epochs": 1,
+    "seeds": "0",
+}
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench.small_data",
+        description=__doc__,
+        add_help=add_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--output_dir", default="runs/small_data", help="results, classifiers and heads")
+    parser.add_argument("--datasets", default="digits,shapes", help=f"comma-separated, of {', '.join(DATASETS)}")
+    parser.add_argument("--networks", default="demo-cnn,resnet18", help=f"comma-separated, of {', '.join(NETWORKS)}")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds (classifier and head; data: seed 0)")
+    parser.add_argument(
+        "--head_inits", default="classifier,random", help=f"comma-separated --head_init values, of {HEAD_INITS}"
+    )
+    parser.add_argument("--canvas_size", type=positive_int, default=64, help="image side in pixels")
+    parser.add_argument("--num_train", type=positive_int, default=2000, help="training images")
+    parser.add_argument("--num_val", type=positive_int, default=200, help="validation images (the --val_list)")
+    parser.add_argument("--num_test", type=positive_int, default=300, help="test images scored")
+    parser.add_argument("--classifier_epochs", type=positive_int, default=6)
+    parser.add_argument("--head_epochs", type=non_negative_int, default=4, help="train_L_CAM.py --epoch")
+    parser.add_argument("--head_batch_size", type=positive_int, default=32, help="train_L_CAM.py --batch_size")
+    parser.add_argument(
+        "--head_flags", default="", help="further train_L_CAM.py flags for every head, e.g. '--lr 3e-3'"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (the measured setting), cuda, auto, ...")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: tiny data, 1 epoch, one seed")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _names(text: str, valid: Sequence[str], flag: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in valid]
+    if unknown or not names:
+        raise UserValueError(f"{flag}: unknown {unknown or 'empty list'}; valid: {', '.join(valid)}")
+    return names
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(seed) for seed in text.split(",") if seed.strip()]
+    except ValueError as error:
+        raise UserValueError(f"--seeds must be comma-separated integers, got {text!r}") from error
+    if not seeds or min(seeds) < 0:
+        raise UserValueError(f"--seeds must be non-negative integers, got {text!r}")
+    return seeds
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _head_command(args, network: str, classifier_path: str, data_root: str, run_dir: str, init: str, seed: int):
+    spec, _ = NETWORKS[network]
+    command = [
+        sys.executable,
+        os.path.join(REPO_ROOT, "train_L_CAM.py"),
+        "--arch", "generic",
+        "--backbone", spec,
+        "--backbone_weights", classifier_path,
+        "--num_classes", str(args.num_classes),
+        "--input_size", str(args.canvas_size),
+        "--crop_size", str(args.canvas_size),
+        "--train_list", os.path.join(run_dir, "model_truth_train.txt"),
+        "--img_dir", data_root,
+        "--val_list", os.path.join(data_root, "val.txt"),
+        "--epoch", str(args.head_epochs),
+        "--batch_size", str(args.head_batch_size),
+        "--device", args.device,
+        "--num_workers", "0",
+        "--resume", "False",
+        "--seed", str(seed),
+        "--snapshot_dir", os.path.join(run_dir, f"lcam_{init}"),
+        "--no_progress",
+    ]  # fmt: skip
+    if init != "classifier":
+        command += ["--head_init", init]
+    return command + args.head_flags.split()
+
+
+def train_head(args, network: str, classifier_path: str, data_root: str, run_dir: str, init: str, seed: int):
+    """Run ``train_L_CAM.py`` in a child process; returns its checkpoint and CPU seconds. A
+    head that finished in an earlier run (its ``cpu_seconds.json`` written) is reused."""
+    snapshot_dir = os.path.join(run_dir, f"lcam_{init}")
+    checkpoint, timing = os.path.join(snapshot_dir, "lcam_best.pth.tar"), os.path.join(snapshot_dir, CPU_FILE)
+    if os.path.isfile(checkpoint) and os.path.isfile(timing):
+        with open(timing, encoding="utf-8") as handle:
+            return checkpoint, json.load(handle)["cpu_seconds"]
+    command = _head_command(args, network, classifier_path, data_root, run_dir, init, seed)
+    print("$", " ".join(command[1:]), flush=True)
+    before = _children_cpu_seconds()
+    subprocess.run(command, cwd=REPO_ROOT, check=True)
+    seconds = _children_cpu_seconds() - before
+    write_json(timing, {"cpu_seconds": seconds, "command": command[1:]})
+    return checkpoint, seconds
+
+
+def _classifier(args, network: str, train: DigitsSplit, run_dir: str, seed: int, device) -> NormalizedClassifier:
+    """The trained classifier of this run: loaded from ``classifier.pth``, else trained and saved."""
+    spec, layer = NETWORKS[network]
+    seed_everything(seed)
+    module, _ = load_network(spec, pretrained=False, num_classes=args.num_classes)
+    path = os.path.join(run_dir, "classifier.pth")
+    if os.path.isfile(path):
+        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return NormalizedClassifier(module, module.get_submodule(layer)).to(device).eval()
+    classifier = train_classifier(
+        module,
+        module.get_submodule(layer),
+        train.images,
+        train.labels,
+        device,
+        epochs=args.classifier_epochs,
+        seed=seed,
+        progress=not args.no_progress,
+    )
+    with atomic_open(path, "wb") as handle:
+        torch.save(module.state_dict(), handle)
+    return classifier
+
+
+def _initial_head(args, classifier: NormalizedClassifier, device) -> GenericLCAM:
+    """The recipe's head before training: the classifier's last layer x the recipe's scale."""
+    model = GenericLCAM.build(
+        backbone=classifier.classifier, num_classes=args.num_classes, input_size=args.canvas_size
+    ).to(device)
+    init_head_from_classifier(model, 0.1)
+    return model.eval()
+
+
+def _summary(rows: list[dict[str, Any]]) -> str:
+    """The markdown table: per dataset and network, each method's mean ± std over the seeds,
+    then the verdict of the recipe against Grad-CAM."""
+    lines = []
+    groups = sorted({(row["dataset"], row["network"]) for row in rows})
+    for dataset, network in groups:
+        group = [row for row in rows if (row["dataset"], row["network"]) == (dataset, network)]
+        seeds = sorted({row["seed"] for row in group})
+        accuracy = [row["classifier_accuracy"] for row in group if row["method"] == "gradcam"]
+        lines += [
+            f"### {dataset}, {network} (seeds {', '.join(map(str, seeds))}; test accuracy {_mean_std(accuracy)} %)",
+            "",
+            "| method | " + " | ".join(SCORE_COLUMNS) + " | head CPU s |",
+            "|---|" + "---|" * (len(SCORE_COLUMNS) + 1),
+        ]
+        by_method = {}
+        for method, name in METHOD_NAMES.items():
+            members = [row for row in group if row["method"] == method]
+            if not members:
+                continue
+            by_method[method] = members
+            cpu = [row["head_cpu_seconds"] for row in members if row.get("head_cpu_seconds") not in (None, "")]
+            cells = [_mean_std([row[column] for row in members]) for column in SCORE_COLUMNS]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_std(cpu, 0) if cpu else '-'} |")
+        lines += ["", *_verdict(by_method), ""]
+    return "\n".join(lines)
+
+
+def _mean_std(values: Sequence[float], digits: int = 1) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _verdict(by_method: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Plain sentences on the seeds that have both: pointing >= 90 %, AD/IC at 100 % within 2
+    std of Grad-CAM over the seeds, and who wins at 15 % kept."""
+    if "gradcam" not in by_method or "lcam_classifier" not in by_method:
+        return []
+    lcam = by_method["lcam_classifier"]
+    gradcam = [row for row in by_method["gradcam"] if row["seed"] in {row["seed"] for row in lcam}]  # same seeds
+
+    def mean(rows, column):
+        return statistics.fmean(row[column] for row in rows)
+
+    def noise(rows, column):
+        return 2 * statistics.stdev(row[column] for row in rows) if len(rows) > 1 else 0.0
+
+    pointing = mean(lcam, "pointing_game")
+    sentences = [f"- L-CAM-Img (recipe) pointing game {pointing:.1f} %: {'>=' if pointing >= 90 else '<'} 90 %."]
+    for column in ("AD100", "IC100"):
+        difference, allowed = mean(lcam, column) - mean(gradcam, column), noise(gradcam, column)
+        better = difference < 0 if column.startswith("AD") else difference > 0
+        verdict = "within the noise" if abs(difference) <= allowed else f"{'better' if better else 'worse'} beyond it"
+        paired = ", ".join(f"{value:+.1f}" for value in _paired_differences(lcam, gradcam, column))
+        sentences.append(
+            f"- {column}: L-CAM-Img {mean(lcam, column):.1f} vs Grad-CAM {mean(gradcam, column):.1f} "
+            f"(difference {difference:+.1f}; Grad-CAM's noise, 2 std over seeds, {allowed:.1f}): "
+            f"{verdict}; per seed (same classifier) {paired}."
+        )
+    ad_better = mean(lcam, "AD15") < mean(gradcam, "AD15")
+    ic_better = mean(lcam, "IC15") > mean(gradcam, "IC15")
+    sentences.append(
+        f"- At 15 % kept L-CAM-Img is {'better' if ad_better else 'worse'} on AD ({mean(lcam, 'AD15'):.1f} vs "
+        f"{mean(gradcam, 'AD15'):.1f}) and {'better' if ic_better else 'worse'} on IC "
+        f"({mean(lcam, 'IC15'):.1f} vs {mean(gradcam, 'IC15'):.1f})."
+    )
+    return sentences
+
+
+def _paired_differences(rows: list[dict[str, Any]], baseline: list[dict[str, Any]], column: str) -> list[float]:
+    """``rows[seed][column] - baseline[seed][column]`` for the seeds both have (same classifier)."""
+    by_seed = {row["seed"]: row[column] for row in baseline}
+    return [row[column] - by_seed[row["seed"]] for row in rows if row["seed"] in by_seed]
+
+
+def write_results(rows: list[dict[str, Any]], output_dir: str, info: dict[str, Any]) -> str:
+    """results.csv, results.json and results.md; returns the markdown."""
+    ResultsTable.from_records(
+        [{field: row.get(field, "") for field in RESULT_FIELDS} for row in rows], RESULT_FIELDS
+    ).write_csv(os.path.join(output_dir, "results.csv"))
+    write_json(os.path.join(output_dir, "results.json"), {**info, "rows": rows})
+    markdown = f"Command: `{info['command']}`\n\n" + _summary(rows) + "\n"
+    with atomic_open(os.path.join(output_dir, "results.md")) as handle:
+        handle.write(markdown)
+    return markdown
+
+
+def _score(args, key, explainer, classifier, test, device) -> dict[str, Any]:
+    row, _ = score_explainer(
+        classifier,
+        explainer,
+        test.images,
+        test.labels,
+        test.boxes,
+        device,
+        description=key,
+        progress=not args.no_progress,
+    )
+    return row
+
+
+def run_one(args, dataset_name: str, dataset, network: str, seed: int, device, record) -> None:
+    """Every method of one dataset, network and seed (see the module docstring)."""
+    run_dir = os.path.join(args.output_dir, dataset_name, network, f"seed{seed}")
+    os.makedirs(run_dir, exist_ok=True)
+    train = load_split(dataset, "train")
+    test = load_split(dataset, "test")
+    classifier = _classifier(args, network, train, run_dir, seed, device)
+    accuracy = float((predict(classifier, test.images, device) == test.labels).double().mean() * 100)
+    write_predicted_datalist(
+        os.path.join(run_dir, "model_truth_train.txt"), train.paths, predict(classifier, train.images, device),
+        dataset.root,
+    )  # fmt: skip
+    base = {"dataset": dataset_name, "network": network, "seed": seed, "classifier_accuracy": accuracy}
+    record(
+        {
+            **base,
+            "method": "gradcam",
+            **_score(args, "gradcam", build_explainer("gradcam", classifier), classifier, test, device),
+        }
+    )
+    initial = _initial_head(args, classifier, device)
+    record(
+        {**base, "method": "lcam_init", **_score(args, "lcam_init", LCAMExplainer(initial), classifier, test, device)}
+    )
+    for init in args.head_inits:
+        checkpoint, cpu_seconds = train_head(
+            args, network, os.path.join(run_dir, "classifier.pth"), dataset.root, run_dir, init, seed
+        )
+        model, _ = load_lcam_model("generic", checkpoint, device=device)
+        row = _score(args, f"lcam_{init}", LCAMExplainer(model), classifier, test, device)
+        steps = args.head_epochs * -(-args.num_train // args.head_batch_size)
+        record({**base, "method": f"lcam_{init}", **row, "head_cpu_seconds": cpu_seconds, "head_steps": steps})
+
+
+def main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.quick:
+        defaults = get_args_parser(add_help=False).parse_args([])
+        for key, value in QUICK.items():
+            if getattr(args, key) == getattr(defaults, key):
+                setattr(args, key, value)
+    datasets = _names(args.datasets, tuple(DATASETS), "--datasets")
+    networks = _names(args.networks, tuple(NETWORKS), "--networks")
+    args.head_inits = _names(args.head_inits, HEAD_INITS, "--head_inits")
+    seeds = _seeds(args.seeds)
+    ensure_writable(args.output_dir, "--output_dir", is_folder=True)
+    device = resolve_device(args.device)
+    info = {"command": "python -m bench.small_data " + " ".join(sys.argv[1:]), "args": vars(args).copy()}
+    info["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    rows: list[dict[str, Any]] = []
+
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(
+            f"{row['dataset']} {row['network']} seed {row['seed']} {row['method']}: "
+            + ", ".join(f"{column} {row[column]:.1f}" for column in SCORE_COLUMNS),
+            flush=True,
+        )
+        write_results(rows, args.output_dir, info)
+
+    for dataset_name in datasets:
+        dataset = DATASETS[dataset_name](
+            os.path.join(args.output_dir, "data", dataset_name),
+            canvas_size=args.canvas_size,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            num_test=args.num_test,
+            progress=not args.no_progress,
+        )
+        args.num_classes = dataset.num_classes
+        for network in networks:
+            for seed in seeds:
+                run_one(args, dataset_name, dataset, network, seed, device, record)
+    print(write_results(rows, args.output_dir, info))
+    return rows
+
+
+def cli(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    return run_cli(main, get_args_parser(), argv)
+
+
+if __name__ == "__main__":
+    cli()

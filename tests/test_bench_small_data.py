@@ -1,0 +1,42 @@
+"""bench.small_data on a tiny setting: one classifier, one head by the README's command (one step), every row written."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from bench import small_data
+
+
+def test_tiny_study_writes_every_method_and_the_verdict(tmp_path, run_command):
+    argv = [
+        "--output_dir", str(tmp_path / "out"),
+        "--datasets", "shapes",
+        "--networks", "demo-cnn",
+        "--seeds", "0",
+        "--head_inits", "classifier",
+        "--canvas_size", "32",
+        "--num_train", "8", "--num_val", "4", "--num_test", "6",
+        "--classifier_epochs", "1", "--head_epochs", "1", "--head_batch_size", "8",
+        "--no_progress",
+    ]  # fmt: skip
+    status, out, err = run_command(small_data.main, small_data.get_args_parser(), argv)
+    assert status == 0, err
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = {row["method"]: row for row in written["rows"]}
+    assert list(rows) == ["gradcam", "lcam_init", "lcam_classifier"]
+    for row in rows.values():
+        assert row["images"] == 6
+        assert all(math.isfinite(row[column]) for column in ("AD100", "IC100", "AD50", "IC50", "AD15", "IC15"))
+    assert rows["lcam_classifier"]["head_steps"] == 1 and rows["lcam_classifier"]["head_cpu_seconds"] > 0
+    assert (tmp_path / "out" / "shapes" / "demo-cnn" / "seed0" / "lcam_classifier" / "lcam_best.pth.tar").is_file()
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "### shapes, demo-cnn" in markdown and "pointing game" in markdown
+    assert (tmp_path / "out" / "results.csv").read_text().startswith("dataset,network,seed,method,AD100")
+
+
+def test_unknown_network_is_one_line(tmp_path, run_command):
+    status, _, err = run_command(
+        small_data.main, small_data.get_args_parser(), ["--output_dir", str(tmp_path), "--networks", "vgg"]
+    )
+    assert status == 2 and "--networks: unknown ['vgg']; valid: demo-cnn, resnet18" in err
