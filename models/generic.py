@@ -63,7 +63,7 @@ from torch import fx, nn
 from models.backbones import load_torchvision_classifier, read_state_dict
 from models.families import BackboneFamily, register_family
 from models.lcam import LCAM, LCAMOutput, variant
-from models.tokens import TokenLayout, default_token_layer, token_config
+from models.tokens import TokenLayout, default_token_layers, token_config
 from utils.core.errors import UserFileNotFoundError, UserTypeError, UserValueError, closest_names, state_dict_mismatch
 
 __all__ = [
@@ -241,9 +241,9 @@ def find_feature_layer(network: nn.Module) -> str:
     Raises:
         ValueError: ``network`` has no convolution, or none before its global pooling.
     """
-    token_layer = default_token_layer(network)
-    if token_layer is not None:
-        return token_layer
+    token_layers = default_token_layers(network)
+    if token_layers:
+        return token_layers[0]
     convolutions = [name for name, module in network.named_modules() if isinstance(module, nn.modules.conv._ConvNd)]
     if not convolutions:
         raise UserValueError(
@@ -265,21 +265,23 @@ def _called_modules(network: nn.Module) -> list[str] | None:
     """The modules the network's own forward calls, in order (its eval-mode trace with every
     submodule a leaf); None when the forward cannot be traced."""
     try:
-        with _in_eval_mode(network):
-            graph = _SplitTracer("").trace(network)
+        graph = _trace(network, "")
     except Exception:  # fx raises many types; all mean "not traceable"
         return None
     return [node.target for node in graph.nodes if node.op == "call_module"]
 
 
 def _is_convolutional_stage(module: nn.Module) -> bool:
+    """Whether ``module`` holds a convolution not followed by global pooling (a pooling
+    before the last convolution, as in squeeze-and-excitation blocks, does not count)."""
     modules = list(module.modules())
-    has_convolution = any(isinstance(each, nn.modules.conv._ConvNd) for each in modules)
-    pools_globally = any(
-        isinstance(each, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and each.output_size in (1, (1, 1))
-        for each in modules
-    )
-    return has_convolution and not pools_globally
+    convolutions = [i for i, each in enumerate(modules) if isinstance(each, nn.modules.conv._ConvNd)]
+    poolings = [
+        i
+        for i, each in enumerate(modules)
+        if isinstance(each, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and each.output_size in (1, (1, 1))
+    ]
+    return bool(convolutions) and not (poolings and poolings[-1] > convolutions[-1])
 
 
 @contextlib.contextmanager
@@ -305,6 +307,15 @@ class _SplitTracer(fx.Tracer):
         return not (qualified_name == "" or self.layer.startswith(qualified_name + "."))
 
 
+def _trace(network: nn.Module, layer: str) -> fx.Graph:
+    """The graph of ``network``'s forward as it explains (eval mode: auxiliary classifiers
+    off), its optional arguments fixed at their defaults (timm's ``attn_mask=None``)."""
+    parameters = list(inspect.signature(network.forward).parameters.values())[1:]
+    defaults = {each.name: each.default for each in parameters if each.default is not inspect.Parameter.empty}
+    with _in_eval_mode(network):
+        return _SplitTracer(layer).trace(network, concrete_args=defaults or None)
+
+
 def _split_graph(network: nn.Module, layer: str, extend: bool) -> tuple[fx.Graph, fx.Graph, str]:
     """The graphs before and after ``layer``'s output, and the name of the cut node."""
     try:
@@ -315,8 +326,7 @@ def _split_graph(network: nn.Module, layer: str, extend: bool) -> tuple[fx.Graph
             f"'layer' {layer!r} is not a module of {type(network).__name__} (top-level: {children})"
         ) from error
     try:
-        with _in_eval_mode(network):  # the explained network: auxiliary classifiers off
-            graph = _SplitTracer(layer).trace(network)
+        graph = _trace(network, layer)
     except Exception as error:  # fx raises many types; all mean "not traceable"
         raise UserValueError(
             f"cannot trace {type(network).__name__}.forward with torch.fx to split it at {layer!r} "
@@ -422,11 +432,19 @@ class GenericLCAM(LCAM):
         if own_methods:
             prefix = suffix = None
             cut_name, chosen_layer, config = "feature_maps", "feature_maps", None
+            probe = _probe(network, prefix, suffix, input_size, chosen_layer, config)
         else:
-            chosen_layer = layer if layer is not None else find_feature_layer(network)
-            prefix, suffix, cut_name = _split_graph(network, chosen_layer, extend=layer is None)
             config = token_config(network)
-        probe = _probe(network, prefix, suffix, input_size, chosen_layer, config)
+            # A class-token transformer's last block reaches the logits only through its class
+            # token: by default read the block before it, whose patch tokens the last block reads.
+            candidates = (
+                [layer] if layer is not None else default_token_layers(network) or [find_feature_layer(network)]
+            )
+            for chosen_layer in candidates:
+                prefix, suffix, cut_name = _split_graph(network, chosen_layer, extend=layer is None)
+                probe = _probe(network, prefix, suffix, input_size, chosen_layer, config)
+                if probe.grid_reaches_output:
+                    break
         if settings.get("apply_cam_to") == "feature_maps" and not probe.grid_reaches_output:
             raise UserValueError(
                 f"L-CAM-Fm (apply_cam_to 'feature_maps') cannot be trained at 'layer' {chosen_layer!r}: "
@@ -557,6 +575,17 @@ class GenericLCAM(LCAM):
         return f"backbone={self.backbone_name!r}, layer={self.layer!r}, cut={self.cut_node!r}, " + super().extra_repr()
 
 
+def _stays_one_cell(network: nn.Module, prefix, input_size: int, images: torch.Tensor) -> bool:
+    """Whether the layer's output is still 1 x 1 for an image of twice the size (a 1 x 1 map
+    of a small image is only a small grid; after global pooling it stays one cell)."""
+    larger = F.interpolate(images, scale_factor=2.0, mode="bilinear", align_corners=False)
+    try:
+        output = network.feature_maps(larger) if prefix is None else fx.Interpreter(network, graph=prefix).run(larger)
+    except Exception:  # a network of fixed input size: the size cannot tell
+        return False
+    return output.dim() == 4 and output.shape[-2:] == (1, 1)
+
+
 class _Probe(NamedTuple):
     """What the probe image showed of a split."""
 
@@ -598,10 +627,10 @@ def _probe(network: nn.Module, prefix, suffix, input_size: int, layer: str, conf
             )
         layout = TokenLayout.of_output(output, config, layer)
         grid, prefix_tokens = layout.to_grid(output, (input_size, input_size))
-        if grid.shape[-2:] == (1, 1) and input_size >= 64:
+        if grid.shape[-2:] == (1, 1) and _stays_one_cell(network, prefix, input_size, images):
             raise UserValueError(
-                f"the output of 'layer' {layer!r} is 1 x 1 for a {input_size} x {input_size} image (it follows "
-                "global pooling): a CAM of one cell shows nothing; choose an earlier layer (--layer)"
+                f"the output of 'layer' {layer!r} is 1 x 1 whatever the image size (it follows global pooling): "
+                "a CAM of one cell shows nothing; choose an earlier layer (--layer)"
             )
 
         def classify(maps: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from torch import nn
 
 from utils.core.errors import UserValueError
 
-__all__ = ["LAYOUTS", "TokenConfig", "TokenLayout", "default_token_layer", "token_config"]
+__all__ = ["LAYOUTS", "TokenConfig", "TokenLayout", "default_token_layers", "token_config"]
 
 LAYOUTS = ("grid", "channels_last", "sequence")
 
@@ -69,22 +69,39 @@ def token_config(network: nn.Module) -> TokenConfig | None:
     return None
 
 
-def default_token_layer(network: nn.Module) -> str | None:
-    """The layer L-CAM reads on a transformer by default: the output of its last block, after
-    the network's final norm where it has one (torchvision ViT ``encoder.ln``, Swin ``norm``,
-    timm ``norm``); None for a network with no token configuration."""
+def default_token_layers(network: nn.Module) -> list[str]:
+    """The layers L-CAM may read on a transformer by default, in order of preference: the
+    output of its last block, after the network's final norm where it has one (torchvision
+    ViT ``encoder.ln``, Swin ``norm``, timm ``norm``), then the output of the block before
+    the last (``encoder.layers.encoder_layer_10`` of ViT-B, ``blocks.10`` of timm's), for a
+    network whose head reads only its class token after the last block. Empty for a network
+    with no token configuration."""
     if token_config(network) is None:
-        return None
+        return []
+    blocks_name, blocks = _blocks(network)
     if isinstance(network, torchvision.models.VisionTransformer):
-        return "encoder.ln"
-    norm = getattr(network, "norm", None)
-    if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
-        return "norm"
+        last = ["encoder.ln"]
+    else:
+        norm = getattr(network, "norm", None)
+        has_norm = isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity)
+        last = ["norm"] if has_norm else [f"{blocks_name}.{_child_name(blocks, -1)}"] if blocks is not None else []
+    before_last = [f"{blocks_name}.{_child_name(blocks, -2)}"] if blocks is not None and len(blocks) > 1 else []
+    return last + before_last
+
+
+def _blocks(network: nn.Module) -> tuple[str, nn.Module | None]:
+    """The sequence of blocks of a transformer and its dotted name."""
+    if isinstance(network, torchvision.models.VisionTransformer):
+        return "encoder.layers", network.encoder.layers
     for name in ("blocks", "layers", "stages"):
         blocks = getattr(network, name, None)
         if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):
-            return f"{name}.{len(blocks) - 1}"
-    return None
+            return name, blocks
+    return "", None
+
+
+def _child_name(sequence: nn.Module, index: int) -> str:
+    return list(dict(sequence.named_children()))[index]
 
 
 @dataclass(frozen=True)
