@@ -11,29 +11,13 @@ from torch import nn
 
 from models.generic import GenericLCAM, load_network
 from models.tokens import TokenConfig, TokenLayout, default_token_layers, token_config
+from tests.test_generic import tiny_swin, tiny_vit
 from utils.evaluation.protocol import evaluate
 from utils.explainers.baselines import NormalizedClassifier, build_explainer
 from utils.explainers.lcam import LCAMExplainer
 from utils.training.optim import build_optimizer
 
 timm = pytest.importorskip("timm")
-
-
-def tiny_vit(num_classes: int = 5) -> nn.Module:
-    """torchvision's ViT at 32 px: 8 px patches (a 4 x 4 grid), two blocks of width 16, its
-    head drawn at random (torchvision starts it at zero: constant logits, no gradient)."""
-    network = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=num_classes
-    )
-    nn.init.normal_(network.heads.head.weight, std=0.5)
-    return network
-
-
-def tiny_swin(num_classes: int = 5) -> nn.Module:
-    """torchvision's Swin at 32 px: 4 px patches, two stages (a 4 x 4 grid, channels last)."""
-    return torchvision.models.SwinTransformer(
-        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2], num_classes=num_classes
-    )
 
 
 def tiny_deit(num_classes: int = 5) -> nn.Module:
@@ -117,7 +101,14 @@ def test_token_config_comes_from_the_network():
     deit = token_config(tiny_deit())
     assert (deit.patch_size, deit.num_prefix_tokens, deit.channels_last) == ((8, 8), 2, False)
     registers = timm.create_model(
-        "vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, reg_tokens=4
+        "vit_small_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        reg_tokens=4,
     )
     assert token_config(registers).num_prefix_tokens == 5
     assert token_config(tiny_timm_swin()).channels_last
@@ -168,9 +159,7 @@ def test_one_training_step_and_evaluation(tiny_model, images, one_thread):
 
 def test_fm_masks_the_tokens_at_an_inner_block(images, one_thread):
     torch.manual_seed(0)
-    model = GenericLCAM(
-        tiny_vit(), layer="encoder.layers.encoder_layer_0", input_size=32, apply_cam_to="feature_maps"
-    )
+    model = GenericLCAM(tiny_vit(), layer="encoder.layers.encoder_layer_0", input_size=32, apply_cam_to="feature_maps")
     model.freeze_backbone()
     labels = torch.tensor([1, 2])
     loss = model.loss(model(images(2, size=32), labels), labels)
