@@ -215,3 +215,57 @@ def test_timm_names(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(ValueError, match="needs timm, which is not installed: pip install timm"):
         load_network("timm:deit_small_patch16_224")
+
+
+def test_commands_train_evaluate_explain_and_compare_a_transformer(jpeg_tree, tmp_path, one_thread):
+    """A tiny DeiT through every command: train_L_CAM.py, the evaluation, scripts.explain and
+    scripts.compare (L-CAM beside Grad-CAM and RISE on the same grid)."""
+    import train_L_CAM
+    from scripts import compare, explain
+    from scripts.evaluate import get_args_parser as evaluation_parser
+    from scripts.evaluate import main as evaluation_main
+
+    root, datalist, _ = jpeg_tree(classes=5, per_class=1, size=(40, 44))
+    snapshots = tmp_path / "snap"
+    common = ["--num_classes", "5", "--input_size", "36", "--crop_size", "32", "--num_workers", "0", "--device", "cpu"]
+    backbone = ["--arch", "generic", "--backbone", "tests.test_tokens:tiny_deit", "--backbone_weights", "none"]
+    train_args = [*backbone, "--train_list", str(datalist), "--img_dir", str(root), "--snapshot_dir", str(snapshots)]
+    train_args += [*common, "--batch_size", "5", "--epoch", "1", "--no_progress"]
+    train_L_CAM.main(train_L_CAM.get_args_parser().parse_args(train_args))
+    (checkpoint,) = snapshots.glob("lcam_*.pth.tar")
+    settings = torch.load(checkpoint, weights_only=True)["settings"]
+    assert (settings["backbone"], settings["layer"], settings["input_size"]) == (
+        "tests.test_tokens:tiny_deit",
+        "blocks.0",
+        32,
+    )
+
+    output = tmp_path / "ad_ic.json"
+    evaluation = ["--arch", "generic", "--restore_from", str(checkpoint), "--test_list", str(datalist)]
+    evaluation += [
+        "--img_dir",
+        str(root),
+        *common,
+        "--batch_size",
+        "5",
+        "--percentages",
+        "0,0.5",
+        "--output",
+        str(output),
+    ]
+    evaluation_main(evaluation_parser("generic").parse_args(evaluation))
+    assert output.is_file()
+
+    explained = tmp_path / "explained"
+    explain_args = ["--arch", "generic", "--restore_from", str(checkpoint), "--input", str(root)]
+    explain_args += ["--output_dir", str(explained), "--device", "cpu", "--topk", "1", "--input_size", "36"]
+    explain_args += ["--crop_size", "32"]
+    explain.main(explain.get_args_parser().parse_args(explain_args))
+    assert list(explained.rglob("*.png"))
+
+    compared = tmp_path / "compared"
+    compare_args = ["--lcam", f"generic={checkpoint}", "--methods", "gradcam,rise", "--rise_masks", "20"]
+    compare_args += ["--test_list", str(datalist), "--img_dir", str(root), *common, "--batch_size", "5"]
+    compare_args += ["--output_dir", str(compared), "--no_progress", "--figure_images", "1"]
+    compare.main(compare.get_args_parser().parse_args(compare_args))
+    assert list(compared.glob("*.csv"))
