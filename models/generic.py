@@ -1,5 +1,6 @@
-"""L-CAM on any CNN: a torchvision classifier by name or a user's ``nn.Module``, split at its
-last convolutional stage (found automatically) or at a named module.
+"""L-CAM on any classifier: a torchvision or timm (``timm:NAME``) classifier by name or a
+user's ``nn.Module``, CNN or transformer, split at its last convolutional stage or block
+(found automatically) or at a named module.
 
 How the network is split. :class:`GenericLCAM` keeps the whole classifier as its child
 ``network`` (state-dict keys ``network.*``, so a plain classifier state_dict loads with a
@@ -20,7 +21,10 @@ What this requires of a custom model:
   branches. Modules below the split path are not traced and may do anything.
 * the split module is called exactly once, and its output is the only value computed
   before it that the rest of the network uses (no skip connection across the cut);
-* the output of the split module is N x C x h x w; the network returns N x K logits.
+* the output of the split module is N x C x h x w, or the tokens of a transformer that
+  states its layout (:mod:`models.tokens`: ViT/DeiT tokens become the patch grid, Swin's
+  channels-last maps are permuted; the class tokens set aside go back in for the rest of the
+  network, within :meth:`GenericLCAM.same_image`); the network returns N x K logits.
 
 A model that is not traceable can instead provide two methods, ``feature_maps(x)`` and
 ``classify_feature_maps(fm)``, with ``classify_feature_maps(feature_maps(x)) == model(x)``;
@@ -29,11 +33,18 @@ they are then used as they are (no tracing, ``layer`` must be None).
 Every split is checked at construction: on a probe image of ``input_size`` pixels the two
 parts must reproduce ``network(x)``.
 
-Automatic layer (``layer=None``): the top-level child of the network that contains its last
-convolution (``layer4`` of a ResNet, ``features`` of VGG, DenseNet, MobileNet, EfficientNet
-and ConvNeXt), extended over activations and normalisations that directly follow it (so the
-AM of a plain ``nn.Sequential`` CNN reads ``conv -> BN -> ReLU``, and DenseNet's reads the
-ReLU after ``features``).
+Automatic layer (``layer=None``, :func:`find_feature_layer`): of the top-level modules the
+eval-mode forward calls, the last that contains a convolution not followed by global pooling
+(``layer4`` of a ResNet, ``features`` of VGG, DenseNet, MobileNet, EfficientNet, ConvNeXt and
+SqueezeNet, ``inception5b`` of GoogLeNet, ``blocks.3`` of MaxViT), extended over activations
+and normalisations that directly follow it (so the AM of a plain ``nn.Sequential`` CNN reads
+``conv -> BN -> ReLU``, and DenseNet's reads the ReLU after ``features``). A transformer: the
+output of its last block after its final norm, or, when the logits do not depend on the maps
+there (a ViT's head reads only its class token), the output of the block before the last.
+The split is traced in eval mode (the explained network: no auxiliary classifiers).
+
+L-CAM-Fm needs maps that reach the decision: it is refused at a layer where they do not
+(checked on the probe by the gradient of the head's input; see :attr:`GenericLCAM.grid_reaches_output`).
 
 Images enter as RGB in [0, 1] and are normalised by the model, with the ``mean`` and
 ``std`` it is given, else those of the network's ``pretrained_cfg`` (timm's convention),
@@ -400,7 +411,7 @@ def _mutates_input(graph: fx.Graph, network: nn.Module) -> bool:
 
 
 class GenericLCAM(LCAM):
-    """L-CAM on any classification CNN (see the module docstring for the split).
+    """L-CAM on any classifier, CNN or transformer (see the module docstring for the split).
 
     Args:
         network: the classifier, images (normalised with ``mean``/``std``) -> N x K logits.
@@ -412,9 +423,15 @@ class GenericLCAM(LCAM):
         **settings: ``apply_cam_to``, ``loss``, ``backbone_mode``, ``mask_loss_maps`` of
             :class:`models.lcam.LCAM`.
 
+    Attributes:
+        token_layout: how the layer's output maps to the N x C x h x w grid the AM reads.
+        grid_reaches_output: whether the classifier's decision depends on those maps (False
+            after a ViT's last block); L-CAM-Fm and the gradient baselines need it.
+
     Raises:
         ValueError: no such layer, an untraceable forward, a connection across the split,
-            feature maps that are not N x C x h x w, or parts that do not reproduce the network.
+            an output that maps to no grid of the image (or to one cell), parts that do not
+            reproduce the network, or L-CAM-Fm where the maps do not reach the output.
     """
 
     arch = GENERIC_ARCH
@@ -651,12 +668,32 @@ def _probe(network: nn.Module, prefix, suffix, input_size: int, layer: str, conf
                 f"split at {layer!r}, the two parts do not reproduce {type(network).__name__}'s output; "
                 "its forward may depend on values the trace cannot see"
             )
-        with torch.enable_grad():  # does any cell of the grid move the logits (by their gradient)?
-            cells = grid.detach().clone().requires_grad_(True)
-            weights = torch.randn(expected.shape, generator=torch.Generator().manual_seed(0)).to(expected)
-            (gradient,) = torch.autograd.grad((classify(cells) * weights).sum(), cells, allow_unused=True)
-        reaches_output = gradient is not None and bool(gradient.abs().sum() > 0)
+        reaches_output = _grid_reaches_head(network, suffix, classify, grid)
     return _Probe(layout, grid.size(1), expected.size(1), reaches_output)
+
+
+def _grid_reaches_head(network: nn.Module, suffix, classify: Callable, grid: torch.Tensor) -> bool:
+    """Whether any cell of ``grid`` moves the input of the network's last module (its head),
+    by the gradient of a random projection. The head's input rather than the logits, so that a
+    head initialised at zero (torchvision's ViT) does not hide the dependence."""
+    modules = [node.target for node in suffix.nodes if node.op == "call_module"] if suffix is not None else []
+    head_inputs: list[torch.Tensor] = []
+    hook = (
+        network.get_submodule(modules[-1]).register_forward_pre_hook(lambda _, args: head_inputs.append(args[0]))
+        if modules
+        else None
+    )
+    try:
+        with torch.enable_grad():
+            cells = grid.detach().clone().requires_grad_(True)
+            logits = classify(cells)
+            reached = head_inputs[-1] if head_inputs and torch.is_tensor(head_inputs[-1]) else logits
+            weights = torch.randn(reached.shape, generator=torch.Generator().manual_seed(0)).to(reached)
+            (gradient,) = torch.autograd.grad((reached * weights).sum(), cells, allow_unused=True)
+    finally:
+        if hook is not None:
+            hook.remove()
+    return gradient is not None and bool(gradient.abs().sum() > 0)
 
 
 def classifier_head(model: LCAM) -> nn.Linear | None:
