@@ -20,41 +20,40 @@ from utils.training.optim import build_optimizer
 timm = pytest.importorskip("timm")
 
 
+def _tiny_timm(name: str, num_classes: int, **options) -> nn.Module:
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=32, embed_dim=16, **options)
+
+
 def tiny_deit(num_classes: int = 5) -> nn.Module:
     """timm's distilled DeiT at 32 px: class and distillation tokens, 8 px patches, two blocks."""
-    return timm.create_model(
-        "deit_tiny_distilled_patch16_224",
-        pretrained=False,
-        num_classes=num_classes,
-        img_size=32,
-        patch_size=8,
-        embed_dim=16,
-        depth=2,
-        num_heads=2,
-    )
+    return _tiny_timm("deit_tiny_distilled_patch16_224", num_classes, patch_size=8, depth=2, num_heads=2)
 
 
 def tiny_timm_swin(num_classes: int = 5) -> nn.Module:
     """timm's Swin at 32 px (N x h x w x C maps)."""
-    return timm.create_model(
-        "swin_tiny_patch4_window7_224",
-        pretrained=False,
-        num_classes=num_classes,
-        img_size=32,
-        embed_dim=16,
-        depths=(1, 1),
-        num_heads=(1, 1),
-        window_size=2,
-    )
+    options = {"depths": (1, 1), "num_heads": (1, 1), "window_size": 2}
+    return _tiny_timm("swin_tiny_patch4_window7_224", num_classes, **options)
 
 
-NETWORKS = {"vit": tiny_vit, "swin": tiny_swin, "deit": tiny_deit, "timm_swin": tiny_timm_swin}
+def tiny_vit_registers(num_classes: int = 5) -> nn.Module:
+    """timm's ViT at 32 px with a class token and 4 register tokens, two blocks."""
+    return _tiny_timm("vit_small_patch16_224", num_classes, patch_size=8, depth=2, num_heads=2, reg_tokens=4)
+
+
+NETWORKS = {
+    "vit": tiny_vit,
+    "swin": tiny_swin,
+    "deit": tiny_deit,
+    "timm_swin": tiny_timm_swin,
+    "vit_registers": tiny_vit_registers,
+}
 # The layer read by default, and whether the CAM is 4 x 4 at 32 px.
 DEFAULT_LAYERS = {
     "vit": "encoder.layers.encoder_layer_0",  # the block before the last: its patch tokens reach the logits
     "swin": "norm",
     "deit": "blocks.0",
     "timm_swin": "norm",
+    "vit_registers": "blocks.0",
 }
 
 
@@ -100,17 +99,7 @@ def test_token_config_comes_from_the_network():
     assert token_config(tiny_swin()).channels_last
     deit = token_config(tiny_deit())
     assert (deit.patch_size, deit.num_prefix_tokens, deit.channels_last) == ((8, 8), 2, False)
-    registers = timm.create_model(
-        "vit_small_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        embed_dim=16,
-        depth=1,
-        num_heads=2,
-        reg_tokens=4,
-    )
-    assert token_config(registers).num_prefix_tokens == 5
+    assert token_config(tiny_vit_registers()).num_prefix_tokens == 5
     assert token_config(tiny_timm_swin()).channels_last
     assert token_config(torchvision.models.resnet18()) is None
     assert default_token_layers(tiny_vit()) == ["encoder.ln", "encoder.layers.encoder_layer_0"]
