@@ -172,7 +172,8 @@ def _load_timm(name: str, pretrained, num_classes: int | None) -> tuple[nn.Modul
     """A timm classifier by name: True (or a torchvision-style name such as the commands'
     default ``IMAGENET1K_V1``, or ``"default"``) = timm's default pretrained weights, another
     word = that pretrained tag of timm (``augreg_in21k``), both through timm's own loading with
-    the data config in ``pretrained_cfg``; False/None/"none" = random init; a path = a state_dict."""
+    the data config in ``pretrained_cfg``; the ``"timm:NAME.TAG"`` it returns (recorded in
+    checkpoints) = those weights again; False/None/"none" = random init; a path = a state_dict."""
     try:
         import timm
     except ImportError as error:
@@ -186,7 +187,9 @@ def _load_timm(name: str, pretrained, num_classes: int | None) -> tuple[nn.Modul
             f"unknown timm model {name!r} (--backbone {TIMM_PREFIX}NAME); {closest_names(architecture, names)}"
         )
     options = {} if num_classes is None else {"num_classes": num_classes}
-    if isinstance(pretrained, str) and re.fullmatch(r"\w+", pretrained) and pretrained != "none":
+    if isinstance(pretrained, str) and pretrained.startswith(TIMM_PREFIX):  # as a checkpoint records them
+        name, pretrained = pretrained[len(TIMM_PREFIX) :], True
+    elif isinstance(pretrained, str) and re.fullmatch(r"\w+", pretrained) and pretrained != "none":
         if pretrained.lower() != "default" and not pretrained.isupper():
             name = f"{architecture}.{pretrained}"  # a pretrained tag of timm
         pretrained = True

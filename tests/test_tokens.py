@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import pytest
@@ -201,6 +202,26 @@ def test_timm_names(monkeypatch):
     assert weights == "none" and network.num_classes == 3
     with pytest.raises(ValueError, match="unknown timm model 'deit_smal_patch16_224'.*deit_small_patch16_224"):
         load_network("timm:deit_smal_patch16_224")
+    calls, tiny = [], tiny_deit()
+
+    def create_model(name, pretrained=False, **options):  # timm's loading, without the download
+        calls.append((name, pretrained))
+        network = copy.deepcopy(tiny)
+        network.pretrained_cfg = {"architecture": name.split(".")[0], "tag": "fb_in1k", "mean": (0.5,) * 3}
+        return network
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    _, weights = load_network("timm:deit_small_patch16_224", pretrained="IMAGENET1K_V1")  # the commands' default
+    assert weights == "timm:deit_small_patch16_224.fb_in1k"
+    load_network("timm:deit_small_patch16_224", pretrained="augreg_in21k")  # a pretrained tag
+    load_network("timm:deit_small_patch16_224", pretrained=weights)  # as a checkpoint records it
+    assert calls == [
+        ("deit_small_patch16_224", True),
+        ("deit_small_patch16_224.augreg_in21k", True),
+        ("deit_small_patch16_224.fb_in1k", True),
+    ]
+    model = GenericLCAM.build(backbone="timm:deit_small_patch16_224", pretrained=True, num_classes=5, input_size=32)
+    assert model.normalization[0] == (0.5, 0.5, 0.5)  # the data config's mean
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(ValueError, match="needs timm, which is not installed: pip install timm"):
         load_network("timm:deit_small_patch16_224")
