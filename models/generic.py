@@ -160,7 +160,7 @@ def load_network(backbone: str | nn.Module, pretrained=False, num_classes: int |
     names = torchvision_classifiers()
     if backbone not in names:
         raise UserValueError(
-            f"unknown backbone {backbone!r} (--backbone takes a torchvision classification model name or "
+            f"unknown backbone {backbone!r} (--backbone takes a torchvision classification model name, timm:NAME or "
             f"'package.module:callable' returning an nn.Module); {closest_names(backbone, names)}"
         )
     builder = torchvision.models.get_model_builder(backbone)
