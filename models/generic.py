@@ -769,7 +769,7 @@ def _describe(value) -> str:
 GENERIC_FAMILY = register_family(
     BackboneFamily(
         name=GENERIC_ARCH,
-        title="any CNN",
+        title="any classifier",
         feature_layer="the last convolutional stage, or the 'layer' setting",
         lcam_class=GenericLCAM,
         builder=None,
@@ -784,8 +784,8 @@ GENERIC_FAMILY = register_family(
 model: Callable[..., LCAM] = variant(
     GENERIC_FAMILY,
     GENERIC_ARCH,
-    """L-CAM (Img by default) on any CNN: ``backbone=`` a torchvision name or
-    ``"package.module:callable"``, ``layer=`` a dotted module name (None = automatic).""",
+    """L-CAM (Img by default) on any classifier, CNN or transformer: ``backbone=`` a torchvision
+    name, ``"timm:NAME"`` or ``"package.module:callable"``, ``layer=`` a dotted module name (None = automatic).""",
     apply_cam_to="image",
     loss="lcam",
 )

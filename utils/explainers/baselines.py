@@ -26,7 +26,8 @@ name                          resolution    map
 
 h x w is the target layer's size (the family's ``target_layer``: 14 x 14 for VGG-16
 ``features[29]``, 7 x 7 for ResNet-50 ``layer4[-1]`` at 224 px; a generic model's feature
-maps); H x W is the input size. Called directly, pytorch-grad-cam
+maps, for a transformer its patch tokens on the patch grid through the model's own reshape,
+which plays the part of pytorch-grad-cam's ``reshape_transform``); H x W is the input size. Called directly, pytorch-grad-cam
 resizes its maps to the input size with OpenCV and then min-max normalises them *again*
 (the reference normalises only before upsampling, so those maps differ); the adapter keeps
 them at the layer's size so that every CAM method, like L-CAM, is upsampled by the same
