@@ -466,9 +466,15 @@ class GenericLCAM(LCAM):
             candidates = (
                 [layer] if layer is not None else default_token_layers(network) or [find_feature_layer(network)]
             )
-            for chosen_layer in candidates:
-                prefix, suffix, cut_name = _split_graph(network, chosen_layer, extend=layer is None)
-                probe = _probe(network, prefix, suffix, input_size, chosen_layer, config)
+            for position, candidate in enumerate(candidates):
+                try:
+                    split = _split_graph(network, candidate, extend=layer is None)
+                    candidate_probe = _probe(network, *split[:2], input_size, candidate, config)
+                except UserValueError:
+                    if position == 0:
+                        raise
+                    break  # the block before the last does not map to a grid (CaiT): keep the last
+                (prefix, suffix, cut_name), probe, chosen_layer = split, candidate_probe, candidate
                 if probe.grid_reaches_output:
                     break
         if settings.get("apply_cam_to") == "feature_maps" and not probe.grid_reaches_output:
