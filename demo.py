@@ -5,6 +5,7 @@ and checkpoints. Nothing is downloaded.
     python demo.py                      # the full demo: 2 to 3 minutes on 2 idle CPU cores
     python demo.py --quick              # a smoke test of every step (about half a minute); its numbers mean nothing
     python demo.py --output_dir runs/my_demo --device cuda
+    python demo.py --backbone vit --output_dir runs/demo_vit   # the same on a small ViT (docs/demo-vit.md)
 
 Measured: 179 s on an idle 2-core AMD EPYC, 170 s on an idle 2-core Intel Xeon. On a
 machine that other jobs share, OMP_WAIT_POLICY=PASSIVE python demo.py is much faster (the
@@ -85,6 +86,14 @@ QUICK = {
     "rise_masks": 64,
     "rise_images": 8,
 }
+# --backbone vit: a ViT needs more canvases and a gentler lr than the CNN to reach 95 %; Score-CAM
+# (one forward per token channel) and the reference-map heads are left out to keep it short.
+VIT = {
+    "num_train": 10000,
+    "classifier_epochs": 8,
+    "classifier_lr": 1e-3,
+    "methods": "lcam_img_own,lcam_fm_own,gradcam,gradcampp,rise",
+}
 QUICK_NOTE = (
     "--quick trains too little to be accurate: it is a smoke test of every step, and its accuracy "
     "and table mean nothing (run without --quick for real numbers)"
@@ -124,6 +133,28 @@ class DigitsCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
+def digits_vit(num_classes: int = 10, image_size: int = 64, width: int = 96) -> nn.Module:
+    """A small ViT for the digit canvases (torchvision's VisionTransformer): 8 px patches made
+    by a convolutional stem (three stride-2 3x3 convolutions, which lets a ViT learn from a few
+    thousand images), 4 blocks of width ``width`` with 4 heads, a class token read by one
+    linear layer. :class:`GenericLCAM` reads its patch tokens as an 8 x 8 grid (64 px
+    canvases) after the block before the last (after the last, only the class token reaches
+    the logits)."""
+    from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer
+
+    stem = [ConvStemConfig(out_channels=width // 4 * scale, kernel_size=3, stride=2) for scale in (1, 2, 4)]
+    return VisionTransformer(
+        image_size=image_size,
+        patch_size=8,
+        num_layers=4,
+        num_heads=4,
+        hidden_dim=width,
+        mlp_dim=2 * width,
+        num_classes=num_classes,
+        conv_stem_configs=stem,
+    )
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="demo.py",
@@ -150,7 +181,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     data.add_argument("--num_val", type=positive_int, default=500, help="validation canvases (classifier accuracy)")
     data.add_argument("--num_test", type=positive_int, default=500, help="held-out canvases")
     training = parser.add_argument_group("training")
+    training.add_argument(
+        "--backbone",
+        choices=("cnn", "vit"),
+        default="cnn",
+        help="the classifier: DigitsCNN, or a small ViT (digits_vit; L-CAM reads its patch tokens; "
+        "10000 canvases, 8 epochs at lr 1e-3 and no Score-CAM unless those flags are given)",
+    )
     training.add_argument("--width", type=positive_int, default=8, help="DigitsCNN width w (stages w, 2w, 4w, 8w)")
+    training.add_argument("--vit_width", type=positive_int, default=96, help="digits_vit token width")
     training.add_argument("--batch_size", type=positive_int, default=64, help="classifier batch size")
     training.add_argument("--classifier_epochs", type=positive_int, default=5)
     training.add_argument(
@@ -201,10 +240,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
-    """Apply ``--quick``; validate; return the methods."""
-    if args.quick:
-        defaults = get_args_parser(add_help=False).parse_args([])
-        for key, value in QUICK.items():
+    """Apply the defaults of ``--quick`` and ``--backbone vit`` (flags given win); validate; return the methods."""
+    defaults = get_args_parser(add_help=False).parse_args([])
+    for active, settings in ((args.quick, QUICK), (args.backbone == "vit", VIT)):
+        for key, value in settings.items() if active else ():
             if getattr(args, key) == getattr(defaults, key):  # flags set to non-default values win
                 setattr(args, key, value)
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
@@ -220,12 +259,17 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> li
 
 
 def train_classifier(args, train: DigitsSplit, device: torch.device) -> NormalizedClassifier:
-    """Train :class:`DigitsCNN` with AdamW and a cosine schedule through the project's loop."""
+    """Train :class:`DigitsCNN` (or :func:`digits_vit`) with AdamW and a cosine schedule through the project's loop."""
     torch.manual_seed(args.seed)
-    network = DigitsCNN(num_classes=len(CLASS_NAMES), width=args.width)
+    if args.backbone == "vit":
+        network = digits_vit(len(CLASS_NAMES), args.canvas_size, args.vit_width)
+        layer = network.encoder
+    else:
+        network = DigitsCNN(num_classes=len(CLASS_NAMES), width=args.width)
+        layer = network.features
     return train_classifier_on(
         network,
-        network.features,
+        layer,
         train.images,
         train.labels,
         device,
@@ -244,7 +288,8 @@ def train_head(args, key: str, network: nn.Module, images, labels, device: torch
         backbone=network, num_classes=len(CLASS_NAMES), input_size=args.canvas_size, backbone_mode="frozen", **settings
     ).to(device)
     recipe = RECIPES[args.head_recipe]
-    if args.head_init == "classifier":  # CAM: class k's map is fc.weight[k] . FM(x, y) + fc.bias[k]
+    # CAM: class k's map is fc.weight[k] . FM(x, y) + fc.bias[k] (a ViT's head reads its class token: random)
+    if args.head_init == "classifier" and args.backbone == "cnn":
         init_head_from_classifier(
             model, recipe.head_init_scale if args.head_init_scale is None else args.head_init_scale
         )
@@ -471,9 +516,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     test = load_split(dataset, "test", limit=args.eval_images)
     record.tick("data")
 
-    print(
-        f"[2/6] DigitsCNN (width {args.width}) on {len(train.labels)} canvases, {args.classifier_epochs} epochs, {device}"
-    )
+    name = f"DigitsCNN (width {args.width})" if args.backbone == "cnn" else f"digits_vit (width {args.vit_width})"
+    print(f"[2/6] {name} on {len(train.labels)} canvases, {args.classifier_epochs} epochs, {device}")
     classifier = train_classifier(args, train, device)
     network = classifier.classifier
     accuracy = {
@@ -513,11 +557,16 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         heads[key] = train_head(args, key, network, head_images, head_labels, device)
         record.tick(f"train {key}")
 
+    # The baselines explain the layer L-CAM reads: a ViT's patch tokens through the model's reshape.
+    explained = classifier
+    if args.backbone == "vit":
+        wrapped = GenericLCAM(network, input_size=args.canvas_size, backbone_mode="frozen").to(device).eval()
+        explained = NormalizedClassifier.from_lcam(wrapped)
     rows, maps = [], {}
     for number, key in enumerate(methods, start=1):
         count = args.rise_images if key == "rise" else args.eval_images
         print(f"[5/6] evaluating {key} on {count} held-out images")
-        explainer = _explainer(key, heads, classifier, args)
+        explainer = _explainer(key, heads, explained, args)
         row, maps[key] = evaluate_method(key, explainer, classifier, test, count, args, device)
         rows.append(row)
         record.tick(f"evaluate {key}")

@@ -5,6 +5,7 @@ the baselines, each as a ratio to the backbone's own forward measured in the sam
     python -m bench.bench_lcam --device cuda --amp bf16 --channels_last --compile reduce-overhead
     python -m bench.bench_lcam --device cpu --batch_size 8 --size 224 --iters 3   # a CPU look
     python -m bench.bench_lcam --families generic:resnet18,generic:mobilenet_v3_large   # L-CAM on other CNNs
+    python -m bench.bench_lcam --families generic:vit_b_16,generic:swin_t,generic:timm:deit_small_patch16_224
 
 Random weights (no download), synthetic images already on the device: this measures the
 model and protocol, not the data path (see ``bench/bench_data.py``). Each training step is
@@ -56,8 +57,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--families",
         default="vgg16,resnet50",
-        help="comma-separated: vgg16, resnet50, generic:NETWORK (L-CAM on a torchvision classifier name or "
-        f"'package.module:callable'; generic alone: {DEFAULT_BACKBONE})",
+        help="comma-separated: vgg16, resnet50, generic:NETWORK (L-CAM on a torchvision classifier name, "
+        f"timm:NAME or 'package.module:callable'; generic alone: {DEFAULT_BACKBONE})",
     )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument(

@@ -1,5 +1,6 @@
-"""L-CAM on any CNN: a torchvision classifier by name or a user's ``nn.Module``, split at its
-last convolutional stage (found automatically) or at a named module.
+"""L-CAM on any classifier: a torchvision or timm (``timm:NAME``) classifier by name or a
+user's ``nn.Module``, CNN or transformer, split at its last convolutional stage or block
+(found automatically) or at a named module.
 
 How the network is split. :class:`GenericLCAM` keeps the whole classifier as its child
 ``network`` (state-dict keys ``network.*``, so a plain classifier state_dict loads with a
@@ -20,7 +21,10 @@ What this requires of a custom model:
   branches. Modules below the split path are not traced and may do anything.
 * the split module is called exactly once, and its output is the only value computed
   before it that the rest of the network uses (no skip connection across the cut);
-* the output of the split module is N x C x h x w; the network returns N x K logits.
+* the output of the split module is N x C x h x w, or the tokens of a transformer that
+  states its layout (:mod:`models.tokens`: ViT/DeiT tokens become the patch grid, Swin's
+  channels-last maps are permuted; the class tokens set aside go back in for the rest of the
+  network, within :meth:`GenericLCAM.same_image`); the network returns N x K logits.
 
 A model that is not traceable can instead provide two methods, ``feature_maps(x)`` and
 ``classify_feature_maps(fm)``, with ``classify_feature_maps(feature_maps(x)) == model(x)``;
@@ -29,11 +33,18 @@ they are then used as they are (no tracing, ``layer`` must be None).
 Every split is checked at construction: on a probe image of ``input_size`` pixels the two
 parts must reproduce ``network(x)``.
 
-Automatic layer (``layer=None``): the top-level child of the network that contains its last
-convolution (``layer4`` of a ResNet, ``features`` of VGG, DenseNet, MobileNet, EfficientNet
-and ConvNeXt), extended over activations and normalisations that directly follow it (so the
-AM of a plain ``nn.Sequential`` CNN reads ``conv -> BN -> ReLU``, and DenseNet's reads the
-ReLU after ``features``).
+Automatic layer (``layer=None``, :func:`find_feature_layer`): of the top-level modules the
+eval-mode forward calls, the last that contains a convolution not followed by global pooling
+(``layer4`` of a ResNet, ``features`` of VGG, DenseNet, MobileNet, EfficientNet, ConvNeXt and
+SqueezeNet, ``inception5b`` of GoogLeNet, ``blocks.3`` of MaxViT), extended over activations
+and normalisations that directly follow it (so the AM of a plain ``nn.Sequential`` CNN reads
+``conv -> BN -> ReLU``, and DenseNet's reads the ReLU after ``features``). A transformer: the
+output of its last block after its final norm, or, when the logits do not depend on the maps
+there (a ViT's head reads only its class token), the output of the block before the last.
+The split is traced in eval mode (the explained network: no auxiliary classifiers).
+
+L-CAM-Fm needs maps that reach the decision: it is refused at a layer where they do not
+(checked on the probe by the gradient of the head's input; see :attr:`GenericLCAM.grid_reaches_output`).
 
 Images enter as RGB in [0, 1] and are normalised by the model, with the ``mean`` and
 ``std`` it is given, else those of the network's ``pretrained_cfg`` (timm's convention),
@@ -47,12 +58,13 @@ the attention mechanism reads (``target_layer`` None), with RISE's VGG-16 mask c
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
 import re
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -61,13 +73,15 @@ from torch import fx, nn
 
 from models.backbones import load_torchvision_classifier, read_state_dict
 from models.families import BackboneFamily, register_family
-from models.lcam import LCAM, variant
+from models.lcam import LCAM, LCAMOutput, variant
+from models.tokens import TokenLayout, default_token_layers, token_config
 from utils.core.errors import UserFileNotFoundError, UserTypeError, UserValueError, closest_names, state_dict_mismatch
 
 __all__ = [
     "AS_BUILT",
     "GENERIC_ARCH",
     "GENERIC_FAMILY",
+    "TIMM_PREFIX",
     "GenericLCAM",
     "classifier_head",
     "find_feature_layer",
@@ -80,6 +94,7 @@ __all__ = [
 GENERIC_ARCH = "generic"
 DEFAULT_BACKBONE = "resnet18"
 AS_BUILT = "as built"  # the weights of a custom network are those its callable gives
+TIMM_PREFIX = "timm:"
 _CUSTOM_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 # Modules and functions that keep the feature maps' shape and meaning: the automatic split
@@ -137,18 +152,61 @@ def load_network(backbone: str | nn.Module, pretrained=False, num_classes: int |
         raise UserTypeError(
             f"'backbone' must be a model name, 'package.module:callable' or an nn.Module, got {type(backbone).__name__}"
         )
+    if backbone.startswith(TIMM_PREFIX):
+        return _load_timm(backbone[len(TIMM_PREFIX) :], pretrained, num_classes)
     if ":" in backbone:
         network = _build_custom(backbone, num_classes)
         return network, _load_custom_weights(network, pretrained, backbone)
     names = torchvision_classifiers()
     if backbone not in names:
         raise UserValueError(
-            f"unknown backbone {backbone!r} (--backbone takes a torchvision classification model name or "
+            f"unknown backbone {backbone!r} (--backbone takes a torchvision classification model name, timm:NAME or "
             f"'package.module:callable' returning an nn.Module); {closest_names(backbone, names)}"
         )
     builder = torchvision.models.get_model_builder(backbone)
     weights_enum = torchvision.models.get_model_weights(backbone)
     return load_torchvision_classifier(builder, weights_enum, pretrained, 1000 if num_classes is None else num_classes)
+
+
+def _load_timm(name: str, pretrained, num_classes: int | None) -> tuple[nn.Module, str]:
+    """A timm classifier by name: True (or a torchvision-style name such as the commands'
+    default ``IMAGENET1K_V1``, or ``"default"``) = timm's default pretrained weights, another
+    word = that pretrained tag of timm (``augreg_in21k``), both through timm's own loading with
+    the data config in ``pretrained_cfg``; the ``"timm:NAME.TAG"`` it returns (recorded in
+    checkpoints) = those weights again; False/None/"none" = random init; a path = a state_dict."""
+    try:
+        import timm
+    except ImportError as error:
+        raise UserValueError(
+            f"backbone '{TIMM_PREFIX}{name}' needs timm, which is not installed: pip install timm"
+        ) from error
+    architecture = name.split(".")[0]  # a pretrained tag may follow: vit_small_patch16_224.augreg_in21k
+    names = timm.list_models()
+    if architecture not in names:
+        raise UserValueError(
+            f"unknown timm model {name!r} (--backbone {TIMM_PREFIX}NAME); {closest_names(architecture, names)}"
+        )
+    options = {} if num_classes is None else {"num_classes": num_classes}
+    if isinstance(pretrained, str) and pretrained.startswith(TIMM_PREFIX):  # as a checkpoint records them
+        name, pretrained = pretrained[len(TIMM_PREFIX) :], True
+    elif isinstance(pretrained, str) and re.fullmatch(r"\w+", pretrained) and pretrained != "none":
+        if pretrained.lower() != "default" and not pretrained.isupper():
+            name = f"{architecture}.{pretrained}"  # a pretrained tag of timm
+        pretrained = True
+    if pretrained is True:
+        try:
+            network = timm.create_model(name, pretrained=True, **options)
+        except Exception as error:  # hub, network and file errors all mean "no weights"
+            raise UserValueError(
+                f"timm could not load the pretrained weights of {name!r} ({error.__class__.__name__}: {error}); "
+                "pass --backbone_weights none or a state_dict path"
+            ) from error
+        config = network.pretrained_cfg
+        return network, f"{TIMM_PREFIX}{config.get('architecture', name)}.{config.get('tag') or 'default'}"
+    network = timm.create_model(name, pretrained=False, **options)
+    if pretrained is None or pretrained is False or pretrained == "none":
+        return network, "none"
+    return network, _load_custom_weights(network, pretrained, f"{TIMM_PREFIX}{name}")
 
 
 def _build_custom(spec: str, num_classes: int | None) -> nn.Module:
@@ -190,18 +248,72 @@ def _load_custom_weights(network: nn.Module, pretrained, source: str) -> str:
 
 
 def find_feature_layer(network: nn.Module) -> str:
-    """The top-level child of ``network`` that holds its last convolution (see the module
-    docstring; the extension over activations happens when the graph is split).
+    """The layer whose output the AM reads by default (see the module docstring; the extension
+    over activations happens when the graph is split).
+
+    A transformer (a network stating its tokens, see :mod:`models.tokens`): the output of its
+    last block, after its final norm. A CNN: of the top-level modules its forward calls in
+    eval mode (so auxiliary classifiers, which run only in training, are not candidates), the
+    last that holds a convolution and no global pooling (a classifier made of a 1x1 class
+    convolution and global pooling, as SqueezeNet's, gives 1 x 1 maps). A network whose
+    forward cannot be traced: the top-level child that holds its last convolution.
 
     Raises:
-        ValueError: ``network`` has no convolution.
+        ValueError: ``network`` has no convolution, or none before its global pooling.
     """
+    token_layers = default_token_layers(network)
+    if token_layers:
+        return token_layers[0]
     convolutions = [name for name, module in network.named_modules() if isinstance(module, nn.modules.conv._ConvNd)]
     if not convolutions:
         raise UserValueError(
             f"{type(network).__name__} has no convolution; pass the feature layer explicitly ('layer')"
         )
-    return convolutions[-1].split(".")[0]
+    called = _called_modules(network)
+    if called is None:
+        return convolutions[-1].split(".")[0]
+    stages = [name for name in called if _is_convolutional_stage(network.get_submodule(name))]
+    if not stages:
+        raise UserValueError(
+            f"{type(network).__name__} calls no convolutional module before its global pooling; pass the "
+            "feature layer explicitly ('layer', --layer)"
+        )
+    return stages[-1]
+
+
+def _called_modules(network: nn.Module) -> list[str] | None:
+    """The modules the network's own forward calls, in order (its eval-mode trace with every
+    submodule a leaf); None when the forward cannot be traced."""
+    try:
+        graph = _trace(network, "")
+    except Exception:  # fx raises many types; all mean "not traceable"
+        return None
+    return [node.target for node in graph.nodes if node.op == "call_module"]
+
+
+def _is_convolutional_stage(module: nn.Module) -> bool:
+    """Whether ``module`` holds a convolution not followed by global pooling (a pooling
+    before the last convolution, as in squeeze-and-excitation blocks, does not count)."""
+    modules = list(module.modules())
+    convolutions = [i for i, each in enumerate(modules) if isinstance(each, nn.modules.conv._ConvNd)]
+    poolings = [
+        i
+        for i, each in enumerate(modules)
+        if isinstance(each, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and each.output_size in (1, (1, 1))
+    ]
+    return bool(convolutions) and not (poolings and poolings[-1] > convolutions[-1])
+
+
+@contextlib.contextmanager
+def _in_eval_mode(network: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode inside; each one's own mode restored after."""
+    modes = {module: module.training for module in network.modules()}
+    network.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.train(mode)
 
 
 class _SplitTracer(fx.Tracer):
@@ -215,6 +327,15 @@ class _SplitTracer(fx.Tracer):
         return not (qualified_name == "" or self.layer.startswith(qualified_name + "."))
 
 
+def _trace(network: nn.Module, layer: str) -> fx.Graph:
+    """The graph of ``network``'s forward as it explains (eval mode: auxiliary classifiers
+    off), its optional arguments fixed at their defaults (timm's ``attn_mask=None``)."""
+    parameters = list(inspect.signature(network.forward).parameters.values())[1:]
+    defaults = {each.name: each.default for each in parameters if each.default is not inspect.Parameter.empty}
+    with _in_eval_mode(network):
+        return _SplitTracer(layer).trace(network, concrete_args=defaults or None)
+
+
 def _split_graph(network: nn.Module, layer: str, extend: bool) -> tuple[fx.Graph, fx.Graph, str]:
     """The graphs before and after ``layer``'s output, and the name of the cut node."""
     try:
@@ -225,7 +346,7 @@ def _split_graph(network: nn.Module, layer: str, extend: bool) -> tuple[fx.Graph
             f"'layer' {layer!r} is not a module of {type(network).__name__} (top-level: {children})"
         ) from error
     try:
-        graph = _SplitTracer(layer).trace(network)
+        graph = _trace(network, layer)
     except Exception as error:  # fx raises many types; all mean "not traceable"
         raise UserValueError(
             f"cannot trace {type(network).__name__}.forward with torch.fx to split it at {layer!r} "
@@ -293,7 +414,7 @@ def _mutates_input(graph: fx.Graph, network: nn.Module) -> bool:
 
 
 class GenericLCAM(LCAM):
-    """L-CAM on any classification CNN (see the module docstring for the split).
+    """L-CAM on any classifier, CNN or transformer (see the module docstring for the split).
 
     Args:
         network: the classifier, images (normalised with ``mean``/``std``) -> N x K logits.
@@ -305,9 +426,15 @@ class GenericLCAM(LCAM):
         **settings: ``apply_cam_to``, ``loss``, ``backbone_mode``, ``mask_loss_maps`` of
             :class:`models.lcam.LCAM`.
 
+    Attributes:
+        token_layout: how the layer's output maps to the N x C x h x w grid the AM reads.
+        grid_reaches_output: whether the classifier's decision depends on those maps (False
+            after a ViT's last block); L-CAM-Fm and the gradient baselines need it.
+
     Raises:
         ValueError: no such layer, an untraceable forward, a connection across the split,
-            feature maps that are not N x C x h x w, or parts that do not reproduce the network.
+            an output that maps to no grid of the image (or to one cell), parts that do not
+            reproduce the network, or L-CAM-Fm where the maps do not reach the output.
     """
 
     arch = GENERIC_ARCH
@@ -330,24 +457,49 @@ class GenericLCAM(LCAM):
             )
         if own_methods:
             prefix = suffix = None
-            cut_name, chosen_layer = "feature_maps", "feature_maps"
+            cut_name, chosen_layer, config = "feature_maps", "feature_maps", None
+            probe = _probe(network, prefix, suffix, input_size, chosen_layer, config)
         else:
-            chosen_layer = layer if layer is not None else find_feature_layer(network)
-            prefix, suffix, cut_name = _split_graph(network, chosen_layer, extend=layer is None)
-        in_channels, num_classes = _probe(network, prefix, suffix, input_size, chosen_layer)
-        config = getattr(network, "pretrained_cfg", None) or {}
-        mean = config.get("mean") if mean is None else mean
-        std = config.get("std") if std is None else std
-        super().__init__(in_channels=in_channels, num_classes=num_classes, mean=mean, std=std, **settings)
+            config = token_config(network)
+            # A class-token transformer's last block reaches the logits only through its class
+            # token: by default read the block before it, whose patch tokens the last block reads.
+            candidates = (
+                [layer] if layer is not None else default_token_layers(network) or [find_feature_layer(network)]
+            )
+            for position, candidate in enumerate(candidates):
+                try:
+                    split = _split_graph(network, candidate, extend=layer is None)
+                    candidate_probe = _probe(network, *split[:2], input_size, candidate, config)
+                except UserValueError:
+                    if position == 0:
+                        raise
+                    break  # the block before the last does not map to a grid (CaiT): keep the last
+                (prefix, suffix, cut_name), probe, chosen_layer = split, candidate_probe, candidate
+                if probe.grid_reaches_output:
+                    break
+        if settings.get("apply_cam_to") == "feature_maps" and not probe.grid_reaches_output:
+            raise UserValueError(
+                f"L-CAM-Fm (apply_cam_to 'feature_maps') cannot be trained at 'layer' {chosen_layer!r}: "
+                f"{type(network).__name__}'s output does not depend on the maps there (after this layer it reads "
+                "only its class token), so masking them changes nothing; use L-CAM-Img (apply_cam_to 'image') "
+                "or an earlier layer whose later blocks read the patch tokens (--layer)"
+            )
+        config_dict = getattr(network, "pretrained_cfg", None) or {}
+        mean = config_dict.get("mean") if mean is None else mean
+        std = config_dict.get("std") if std is None else std
+        super().__init__(in_channels=probe.channels, num_classes=probe.num_classes, mean=mean, std=std, **settings)
         self.add_backbone_modules(network=network)
         self.layer = chosen_layer
         self.cut_node = cut_name
         self.backbone_name = type(network).__name__
         self.backbone_weights = "unknown"
         self.input_size = input_size
+        self.token_layout = probe.layout
+        self.grid_reaches_output = probe.grid_reaches_output
         self._prefix_graph = prefix
         self._suffix_graph = suffix
         self._clone_feature_maps = suffix is not None and _mutates_input(suffix, network)
+        self._prefix_tokens: list[torch.Tensor | None] | None = None
 
     @classmethod
     def load_network(
@@ -405,63 +557,152 @@ class GenericLCAM(LCAM):
         """``"generic:<backbone>"``: the network, e.g. ``generic:resnet18``."""
         return f"{GENERIC_ARCH}:{self.backbone_name}"
 
+    @contextlib.contextmanager
+    def same_image(self) -> Iterator[None]:
+        """Inside, :meth:`classify_feature_maps` puts back the class/distillation/register tokens
+        that the latest :meth:`feature_maps` set aside (a ViT's later blocks and head read them):
+        what the forward pass, the Fm masked pass and the baselines' classifier run in."""
+        outer = self._prefix_tokens
+        self._prefix_tokens = [None]
+        try:
+            yield
+        finally:
+            self._prefix_tokens = outer
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> LCAMOutput:
+        with self.same_image():
+            return super().forward(images, labels)
+
+    def classify(self, normalized_images: torch.Tensor) -> torch.Tensor:
+        with self.same_image():
+            return super().classify(normalized_images)
+
     def feature_maps(self, normalized_images: torch.Tensor) -> torch.Tensor:
+        """The N x C x h x w maps the AM reads: the layer's output, a transformer's tokens
+        reshaped to the patch grid (:class:`models.tokens.TokenLayout`)."""
         if self._prefix_graph is None:
             return self.network.feature_maps(normalized_images)
-        return fx.Interpreter(self.network, graph=self._prefix_graph).run(normalized_images)
+        output = fx.Interpreter(self.network, graph=self._prefix_graph).run(normalized_images)
+        grid, prefix_tokens = self.token_layout.to_grid(output, tuple(normalized_images.shape[-2:]))
+        if self._prefix_tokens is not None:
+            self._prefix_tokens[0] = prefix_tokens
+        return grid
 
     def classify_feature_maps(self, feature_maps: torch.Tensor) -> torch.Tensor:
+        """The rest of the network on N x C x h x w maps (put back in the layer's layout).
+
+        Raises:
+            ValueError: the network also reads prefix tokens after the layer and this is
+                called outside :meth:`same_image` after :meth:`feature_maps`.
+        """
         if self._suffix_graph is None:
             return self.network.classify_feature_maps(feature_maps)
+        prefix_tokens = self._prefix_tokens[0] if self._prefix_tokens is not None else None
+        tokens = self.token_layout.to_tokens(feature_maps, prefix_tokens)
         if self._clone_feature_maps:  # the rest of the network works in place on its input
-            feature_maps = feature_maps.clone()
-        return fx.Interpreter(self.network, graph=self._suffix_graph).run(feature_maps)
+            tokens = tokens.clone()
+        return fx.Interpreter(self.network, graph=self._suffix_graph).run(tokens)
 
     def extra_repr(self) -> str:
         return f"backbone={self.backbone_name!r}, layer={self.layer!r}, cut={self.cut_node!r}, " + super().extra_repr()
 
 
-def _probe(network: nn.Module, prefix, suffix, input_size: int, layer: str) -> tuple[int, int]:
-    """Run the split on one random image; check it and return (FM channels, classes)."""
+def _stays_one_cell(network: nn.Module, prefix, input_size: int, images: torch.Tensor) -> bool:
+    """Whether the layer's output is still 1 x 1 for an image of twice the size (a 1 x 1 map
+    of a small image is only a small grid; after global pooling it stays one cell)."""
+    larger = F.interpolate(images, scale_factor=2.0, mode="bilinear", align_corners=False)
+    try:
+        output = network.feature_maps(larger) if prefix is None else fx.Interpreter(network, graph=prefix).run(larger)
+    except Exception:  # a network of fixed input size: the size cannot tell
+        return False
+    return output.dim() == 4 and output.shape[-2:] == (1, 1)
+
+
+class _Probe(NamedTuple):
+    """What the probe image showed of a split."""
+
+    layout: TokenLayout
+    channels: int
+    num_classes: int
+    grid_reaches_output: bool
+
+
+def _probe(network: nn.Module, prefix, suffix, input_size: int, layer: str, config) -> _Probe:
+    """Run the split on one random image and check it: the layer's output maps to a grid of
+    more than one cell, and the parts (through the grid and back) reproduce the network.
+    Also whether the output depends on the grid at all (it does not after a ViT's last block)."""
     if not isinstance(input_size, int) or input_size < 8:
         raise UserValueError(f"'input_size' must be an integer >= 8, got {input_size!r}")
-    modes = {module: module.training for module in network.modules()}
-    network.eval()
-    try:
-        images = torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
-        parameter = next(network.parameters(), None)
-        if parameter is not None:
-            images = images.to(device=parameter.device, dtype=parameter.dtype)
-        with torch.no_grad():
+    images = torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    parameter = next(network.parameters(), None)
+    if parameter is not None:
+        images = images.to(device=parameter.device, dtype=parameter.dtype)
+    with _in_eval_mode(network), torch.no_grad():
+        try:
             expected = network(images)
             if prefix is None:
-                feature_maps = network.feature_maps(images)
-                logits = network.classify_feature_maps(feature_maps)
+                output = network.feature_maps(images)
             else:
-                feature_maps = fx.Interpreter(network, graph=prefix).run(images)
-                logits = fx.Interpreter(network, graph=suffix).run(feature_maps.clone())
-    except ValueError:
-        raise
-    except Exception as error:
-        raise UserValueError(
-            f"{type(network).__name__} failed on a {input_size} x {input_size} probe image "
-            f"({error.__class__.__name__}: {error}); pass an 'input_size' it accepts"
-        ) from error
+                output = fx.Interpreter(network, graph=prefix).run(images)
+        except ValueError:
+            raise
+        except Exception as error:
+            raise UserValueError(
+                f"{type(network).__name__} failed on a {input_size} x {input_size} probe image "
+                f"({error.__class__.__name__}: {error}); pass an 'input_size' it accepts"
+            ) from error
+        if not torch.is_tensor(expected) or expected.dim() != 2:
+            raise UserValueError(f"{type(network).__name__} must return N x K logits, got {_describe(expected)}")
+        if not torch.is_tensor(output) or (prefix is None and output.dim() != 4):
+            raise UserValueError(
+                f"the output of 'layer' {layer!r} must be N x C x h x w feature maps, got {_describe(output)}"
+            )
+        layout = TokenLayout.of_output(output, config, layer)
+        grid, prefix_tokens = layout.to_grid(output, (input_size, input_size))
+        if grid.shape[-2:] == (1, 1) and _stays_one_cell(network, prefix, input_size, images):
+            raise UserValueError(
+                f"the output of 'layer' {layer!r} is 1 x 1 whatever the image size (it follows global pooling): "
+                "a CAM of one cell shows nothing; choose an earlier layer (--layer)"
+            )
+
+        def classify(maps: torch.Tensor) -> torch.Tensor:
+            tokens = layout.to_tokens(maps, prefix_tokens).clone()
+            if prefix is None:
+                return network.classify_feature_maps(tokens)
+            return fx.Interpreter(network, graph=suffix).run(tokens)
+
+        logits = classify(grid)
+        if logits.shape != expected.shape or not torch.allclose(logits, expected, rtol=1e-4, atol=1e-5):
+            raise UserValueError(
+                f"split at {layer!r}, the two parts do not reproduce {type(network).__name__}'s output; "
+                "its forward may depend on values the trace cannot see"
+            )
+        reaches_output = _grid_reaches_head(network, suffix, classify, grid)
+    return _Probe(layout, grid.size(1), expected.size(1), reaches_output)
+
+
+def _grid_reaches_head(network: nn.Module, suffix, classify: Callable, grid: torch.Tensor) -> bool:
+    """Whether any cell of ``grid`` moves the input of the network's last module (its head),
+    by the gradient of a random projection. The head's input rather than the logits, so that a
+    head initialised at zero (torchvision's ViT) does not hide the dependence."""
+    modules = [node.target for node in suffix.nodes if node.op == "call_module"] if suffix is not None else []
+    head_inputs: list[torch.Tensor] = []
+    hook = (
+        network.get_submodule(modules[-1]).register_forward_pre_hook(lambda _, args: head_inputs.append(args[0]))
+        if modules
+        else None
+    )
+    try:
+        with torch.enable_grad():
+            cells = grid.detach().clone().requires_grad_(True)
+            logits = classify(cells)
+            reached = head_inputs[-1] if head_inputs and torch.is_tensor(head_inputs[-1]) else logits
+            weights = torch.randn(reached.shape, generator=torch.Generator().manual_seed(0)).to(reached)
+            (gradient,) = torch.autograd.grad((reached * weights).sum(), cells, allow_unused=True)
     finally:
-        for module, mode in modes.items():
-            module.train(mode)
-    if not torch.is_tensor(expected) or expected.dim() != 2:
-        raise UserValueError(f"{type(network).__name__} must return N x K logits, got {_describe(expected)}")
-    if not torch.is_tensor(feature_maps) or feature_maps.dim() != 4:
-        raise UserValueError(
-            f"the output of 'layer' {layer!r} must be N x C x h x w feature maps, got {_describe(feature_maps)}"
-        )
-    if logits.shape != expected.shape or not torch.allclose(logits, expected, rtol=1e-4, atol=1e-5):
-        raise UserValueError(
-            f"split at {layer!r}, the two parts do not reproduce {type(network).__name__}'s output; "
-            "its forward may depend on values the trace cannot see"
-        )
-    return feature_maps.size(1), expected.size(1)
+        if hook is not None:
+            hook.remove()
+    return gradient is not None and bool(gradient.abs().sum() > 0)
 
 
 def classifier_head(model: LCAM) -> nn.Linear | None:
@@ -479,23 +720,18 @@ def classifier_head(model: LCAM) -> nn.Linear | None:
         and module.in_features == model.attnM.op.in_channels
         and module.out_features == model.attnM.op.out_channels
     ]
-    if not candidates:
-        return None
+    layout = getattr(model, "token_layout", None)
+    if not candidates or (layout is not None and layout.kind != "grid"):
+        return None  # a transformer's head reads normalised or class tokens, not pooled maps
     weight = model.attnM.op.weight
     generator = torch.Generator().manual_seed(0)
     probe = torch.rand(2, weight.size(1), 3, 5, generator=generator).to(device=weight.device, dtype=weight.dtype)
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = model.classify_feature_maps(probe)
-            for layer in candidates:
-                expected = layer(probe.mean(dim=(2, 3)))
-                if logits.shape == expected.shape and torch.allclose(logits, expected, rtol=1e-4, atol=1e-5):
-                    return layer
-    finally:
-        for module, mode in modes.items():
-            module.train(mode)
+    with _in_eval_mode(model), torch.no_grad():
+        logits = model.classify_feature_maps(probe)
+        for layer in candidates:
+            expected = layer(probe.mean(dim=(2, 3)))
+            if logits.shape == expected.shape and torch.allclose(logits, expected, rtol=1e-4, atol=1e-5):
+                return layer
     return None
 
 
@@ -539,7 +775,7 @@ def _describe(value) -> str:
 GENERIC_FAMILY = register_family(
     BackboneFamily(
         name=GENERIC_ARCH,
-        title="any CNN",
+        title="any classifier",
         feature_layer="the last convolutional stage, or the 'layer' setting",
         lcam_class=GenericLCAM,
         builder=None,
@@ -554,8 +790,8 @@ GENERIC_FAMILY = register_family(
 model: Callable[..., LCAM] = variant(
     GENERIC_FAMILY,
     GENERIC_ARCH,
-    """L-CAM (Img by default) on any CNN: ``backbone=`` a torchvision name or
-    ``"package.module:callable"``, ``layer=`` a dotted module name (None = automatic).""",
+    """L-CAM (Img by default) on any classifier, CNN or transformer: ``backbone=`` a torchvision
+    name, ``"timm:NAME"`` or ``"package.module:callable"``, ``layer=`` a dotted module name (None = automatic).""",
     apply_cam_to="image",
     loss="lcam",
 )

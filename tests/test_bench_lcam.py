@@ -103,3 +103,13 @@ def test_generic_family_on_any_network(capsys):
 
 def test_gpu_suite_is_valid_shell():
     assert subprocess.run(["sh", "-n", "bench/gpu_suite.sh"], check=False).returncode == 0
+
+
+def test_a_row_per_transformer():
+    families = "generic:tests.test_generic:tiny_vit,generic:tests.test_generic:tiny_swin"
+    flags = ["--device", "cpu", "--families", families, *TINY[4:], *QUICK, "--no_reference_settings"]
+    report = bench_lcam.main(bench_lcam.get_args_parser().parse_args(flags))
+    rows = {(row["family"], row["key"]) for row in report["rows"] if "error" not in row and row["images_per_s"] > 0}
+    for network in ("tiny_vit", "tiny_swin"):
+        for key in ("backbone", "explanation", "evaluation", "train_fm", "train_img", "baseline_gradcam"):
+            assert (f"generic:tests.test_generic:{network}", key) in rows

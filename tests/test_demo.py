@@ -66,6 +66,20 @@ def test_quick_demo_writes_table_figures_and_checkpoints(tmp_path, capsys):
     assert model.attnM.op.weight.abs().sum() > 0
 
 
+def test_quick_vit_demo_explains_the_patch_tokens(tmp_path):
+    parser = demo.get_args_parser()
+    flags = ["--quick", "--backbone", "vit", "--vit_width", "32", "--output_dir", str(tmp_path), "--device", "cpu"]
+    flags += ["--methods", "lcam_img_own,lcam_fm_own,gradcam", "--eval_images", "8", "--classifier_epochs", "1"]
+    flags += ["--num_train", "64", "--num_val", "8", "--num_test", "8", "--overlay_images", "2"]
+    rows = demo.main(parser.parse_args(flags), parser)
+    assert [row["method"] for row in rows] == ["lcam_img_own", "lcam_fm_own", "gradcam"]
+    assert all(0 <= row["AD100"] <= 100 and row["images"] == 8 for row in rows)
+    network = demo.digits_vit(width=32)
+    network.load_state_dict(torch.load(tmp_path / "classifier.pth", weights_only=True)["state_dict"])
+    model = GenericLCAM(network, input_size=64)
+    assert model.layer == "encoder.layers.encoder_layer_2" and model.token_layout.kind == "sequence"
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

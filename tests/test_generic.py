@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from models import build_model
-from models.generic import GenericLCAM, find_feature_layer, load_network
+from models.generic import GenericLCAM, find_feature_layer, load_network, torchvision_classifiers
 from utils.training.optim import build_optimizer
 
 
@@ -23,6 +24,45 @@ def small_sequential_cnn(num_classes: int = 4) -> nn.Module:
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(16, num_classes),
+    )
+
+
+def tiny_vit(num_classes: int = 5) -> nn.Module:
+    """torchvision's ViT at 32 px: 8 px patches (a 4 x 4 grid), two blocks of width 16, its
+    head drawn at random (torchvision starts it at zero: constant logits, no gradient)."""
+    network = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=num_classes
+    )
+    nn.init.normal_(network.heads.head.weight, std=0.5)
+    return network
+
+
+def tiny_swin(num_classes: int = 5, version: int = 1) -> nn.Module:
+    """torchvision's Swin (v1 or v2) at 32 px: 4 px patches, two stages (a 4 x 4 grid, channels last)."""
+    swin = torchvision.models.swin_transformer
+    options = {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2} if version == 2 else {}
+    return swin.SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[1, 1],
+        window_size=[2, 2],
+        num_classes=num_classes,
+        **options,
+    )
+
+
+def tiny_maxvit(num_classes: int = 5) -> nn.Module:
+    """torchvision's MaxViT at 64 px: two stages of width 8 and 16 (an 8 x 8 grid)."""
+    return torchvision.models.MaxVit(
+        input_size=(64, 64),
+        stem_channels=8,
+        partition_size=2,
+        block_channels=[8, 16],
+        block_layers=[1, 1],
+        head_dim=4,
+        stochastic_depth_prob=0.0,
+        num_classes=num_classes,
     )
 
 
@@ -201,3 +241,54 @@ def test_num_classes_mismatch_and_inference():
 def test_unknown_arch_lists_generic():
     with pytest.raises(ValueError, match="generic"):
         build_model("no_such_arch")
+
+
+# One member of each torchvision family (the module of its builder), at a small image of
+# height x width: 2:1 where the network takes any size. Transformers and MaxViT at tiny widths;
+# VGG, GoogLeNet and Inception without their (slow) weight initialisation.
+TORCHVISION_FAMILIES = {
+    "alexnet": ("alexnet", (100, 200)),
+    "convnext": ("convnext_tiny", (64, 128)),
+    "densenet": ("densenet121", (64, 128)),
+    "efficientnet": ("efficientnet_b0", (64, 128)),
+    "googlenet": (
+        lambda num_classes: torchvision.models.googlenet(num_classes=num_classes, init_weights=False),
+        (64, 128),
+    ),
+    "inception": (
+        lambda num_classes: torchvision.models.inception_v3(num_classes=num_classes, init_weights=False),
+        (107, 214),
+    ),
+    "maxvit": (tiny_maxvit, (64, 64)),
+    "mnasnet": ("mnasnet0_5", (64, 128)),
+    "mobilenetv2": ("mobilenet_v2", (64, 128)),
+    "mobilenetv3": ("mobilenet_v3_small", (64, 128)),
+    "regnet": ("regnet_x_400mf", (64, 128)),
+    "resnet": ("resnet18", (64, 128)),
+    "shufflenetv2": ("shufflenet_v2_x0_5", (64, 128)),
+    "squeezenet": ("squeezenet1_1", (64, 128)),
+    "swin_transformer": (tiny_swin, (32, 64)),
+    "swin_transformer_v2": (lambda num_classes: tiny_swin(num_classes, version=2), (32, 64)),
+    "vgg": (lambda num_classes: torchvision.models.vgg11(num_classes=num_classes, init_weights=False), (64, 128)),
+    "vision_transformer": (tiny_vit, (32, 32)),
+}
+
+
+def test_every_torchvision_classifier_has_a_checked_family():
+    modules = {
+        torchvision.models.get_model_builder(name).__module__.split(".")[-1] for name in torchvision_classifiers()
+    }
+    assert modules <= set(TORCHVISION_FAMILIES), modules - set(TORCHVISION_FAMILIES)
+
+
+@pytest.mark.parametrize("family", sorted(TORCHVISION_FAMILIES))
+def test_each_torchvision_family_gives_a_grid_of_the_image(family, one_thread):
+    backbone, (height, width) = TORCHVISION_FAMILIES[family]
+    torch.manual_seed(0)
+    network = load_network(backbone, num_classes=3)[0] if isinstance(backbone, str) else backbone(num_classes=3)
+    model = GenericLCAM(network, input_size=height).eval()
+    with torch.no_grad():
+        cams = model(torch.rand(1, 3, height, width)).cams
+    cells_high, cells_wide = cams.shape[-2:]
+    assert cells_high > 1 and cells_wide > 1, (model.layer, cams.shape)
+    assert abs(cells_wide - cells_high * width / height) <= 1, (model.layer, cams.shape)  # the image's aspect

@@ -26,7 +26,8 @@ name                          resolution    map
 
 h x w is the target layer's size (the family's ``target_layer``: 14 x 14 for VGG-16
 ``features[29]``, 7 x 7 for ResNet-50 ``layer4[-1]`` at 224 px; a generic model's feature
-maps); H x W is the input size. Called directly, pytorch-grad-cam
+maps, for a transformer its patch tokens on the patch grid through the model's own reshape,
+which plays the part of pytorch-grad-cam's ``reshape_transform``); H x W is the input size. Called directly, pytorch-grad-cam
 resizes its maps to the input size with OpenCV and then min-max normalises them *again*
 (the reference normalises only before upsampling, so those maps differ); the adapter keeps
 them at the layer's size so that every CAM method, like L-CAM, is upsampled by the same
@@ -79,6 +80,7 @@ PACKAGE_METHODS = (
     "ScoreCAM",
     "GradCAMPlusPlus",
 )
+GRADIENT_PACKAGE_METHODS = ("GradCAM", "XGradCAM", "LayerCAM", "HiResCAM", "GradCAMPlusPlus")
 # RISE defaults of the reference comparison: s = 7, p1 = 0.5 (N: the family's ``rise_masks``).
 RISE_GRID_SIZE = 7
 RISE_KEEP_PROBABILITY = 0.5
@@ -95,8 +97,11 @@ class _LCAMClassifier(nn.Module):
         self.feature_maps_output = nn.Identity()
 
     def forward(self, normalized_images: torch.Tensor) -> torch.Tensor:
-        feature_maps = self.feature_maps_output(self.lcam_model.feature_maps(normalized_images))
-        return self.lcam_model.classify_feature_maps(feature_maps)
+        # A transformer's maps are its tokens on the patch grid (the model's own reshape, the
+        # role of pytorch-grad-cam's reshape_transform); its class token goes back in after.
+        with getattr(self.lcam_model, "same_image", contextlib.nullcontext)():
+            feature_maps = self.feature_maps_output(self.lcam_model.feature_maps(normalized_images))
+            return self.lcam_model.classify_feature_maps(feature_maps)
 
 
 class NormalizedClassifier(nn.Module):
@@ -115,7 +120,14 @@ class NormalizedClassifier(nn.Module):
     Attributes:
         target_layers: ``[target_layer]`` (a plain list, so the layer is not registered
             twice in the state dict; pytorch-grad-cam's convention).
+        gradients_reach_layer: whether the logits' gradient reaches the target layer's output
+            (False at a ViT's last block, read only through its class token: the gradient
+            methods then refuse, rather than return empty maps).
+        layer_name: the target layer, for messages.
     """
+
+    gradients_reach_layer: bool = True
+    layer_name: str = "the target layer"
 
     def __init__(
         self,
@@ -178,7 +190,21 @@ class NormalizedClassifier(nn.Module):
         if target_layer is None:
             target_layer = classifier.feature_maps_output
         mean, std = lcam_model.normalization
-        return cls(classifier, target_layer, family, mean=mean, std=std)
+        wrapped = cls(classifier, target_layer, family, mean=mean, std=std)
+        if target_layer is classifier.feature_maps_output:
+            wrapped.gradients_reach_layer = getattr(lcam_model, "grid_reaches_output", True)
+            wrapped.layer_name = f"{getattr(lcam_model, 'layer', 'feature_maps')!r} of {lcam_model.backbone_label}"
+        return wrapped
+
+
+def _check_gradients_reach(classifier: NormalizedClassifier, method: str) -> None:
+    """Refuse a gradient method where the logits' gradient never reaches the layer."""
+    if not classifier.gradients_reach_layer:
+        raise UserValueError(
+            f"{method} at {classifier.layer_name}: the logits do not depend on the maps there (after this layer "
+            "the network reads only its class token), so every gradient is zero and every map empty; explain "
+            "an L-CAM model trained at an earlier layer (--layer, e.g. the block before the last)"
+        )
 
 
 # -- shared helpers --------------------------------------------------------------------------
@@ -276,6 +302,7 @@ class GradCAMPlusPlus:
     """
 
     def __init__(self, classifier: NormalizedClassifier) -> None:
+        _check_gradients_reach(classifier, "Grad-CAM++")
         self.classifier = classifier
 
     def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -504,6 +531,8 @@ class PackageCAM:
     ) -> None:
         if method not in PACKAGE_METHODS:
             raise UserValueError(f"unknown pytorch-grad-cam method {method!r}; valid: {', '.join(PACKAGE_METHODS)}")
+        if method in GRADIENT_PACKAGE_METHODS:
+            _check_gradients_reach(classifier, method)
         import pytorch_grad_cam
 
         self.classifier = classifier
