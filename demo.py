@@ -2,12 +2,12 @@
 small CNN, L-CAM heads and the baselines, AD/IC and localisation, a results table, figures
 and checkpoints. Nothing is downloaded.
 
-    python demo.py                      # the full demo: 2 to 3 minutes on 2 idle CPU cores
+    python demo.py                      # the full demo: about 8 minutes on one CPU thread
     python demo.py --quick              # a smoke test of every step (about half a minute); its numbers mean nothing
     python demo.py --output_dir runs/my_demo --device cuda
     python demo.py --backbone vit --output_dir runs/demo_vit   # the same on a small ViT (docs/demo-vit.md)
 
-Measured: 179 s on an idle 2-core AMD EPYC, 170 s on an idle 2-core Intel Xeon. On a
+Measured: 8 min 5 s (492 s of CPU) single-threaded on a 2-core AMD EPYC. On a
 machine that other jobs share, OMP_WAIT_POLICY=PASSIVE python demo.py is much faster (the
 same results; torch's waiting threads sleep instead of spinning). Other CPUs, thread counts
 and seeds give other numbers: docs/demo-results.md shows the spread.
