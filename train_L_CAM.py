@@ -436,7 +436,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         if archive:
             print(f"=> moved the earlier run's files into {archive}", flush=True)
 
-    loader = _build_train_loader(samples, args, device, dist)
+    loader = _build_train_loader(samples, args, device, dist, model.interpolation)
     forward_model = model
     if dist.enabled:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -457,7 +457,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         progress=not args.no_progress,
         warmup_steps=args.warmup_steps,
         step_schedule=step_schedule,
-        validate=_held_out_check(val_samples, args, device),
+        validate=_held_out_check(val_samples, args, device, model.interpolation),
         best_by=args.best_by,
         plateau_epochs=args.plateau_epochs,
         term_gradients=TermGradientProbe(args.log_term_gradients) if args.log_term_gradients else None,
@@ -484,26 +484,30 @@ def _init_head(model: torch.nn.Module, args: argparse.Namespace, is_main: bool) 
             warnings.warn(f"{error}; the head starts from random weights", stacklevel=1)
 
 
-def _held_out_check(samples, args: argparse.Namespace, device: torch.device) -> HeldOutCheck | None:
+def _held_out_check(samples, args: argparse.Namespace, device: torch.device, interpolation: str) -> HeldOutCheck | None:
     """The held-out check of --val_list (None without one): the evaluation transform at the
-    training sizes, in datalist order."""
+    training sizes and the model's ``interpolation``, in datalist order."""
     if samples is None:
         return None
-    loader = build_eval_loader(samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device)
+    loader = build_eval_loader(
+        samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device, interpolation=interpolation
+    )
     return HeldOutCheck(loader, device, args.amp)
 
 
-def _build_train_loader(samples, args: argparse.Namespace, device: torch.device, dist):
+def _build_train_loader(samples, args: argparse.Namespace, device: torch.device, dist, interpolation: str):
     """The seeded, resumable training loader: PIL transforms in the workers, or file bytes
-    decoded on the device (``--decode device``)."""
+    decoded on the device (``--decode device``), resized with the model's ``interpolation``."""
     if args.decode == "device":
         dataset = EncodedImageList(samples)
         sampler = ResumableSampler(dataset, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
         loader = build_loader(
             dataset, args.batch_size, device, sampler, args.num_workers, collate_fn=collate_encoded, seed=args.seed
         )
-        return DecodingLoader(loader, DeviceDecoder(args.input_size, args.crop_size, train=True), device)
-    dataset = SeededAugmentation(ImageList(samples, train_transform(args.input_size, args.crop_size)))
+        return DecodingLoader(
+            loader, DeviceDecoder(args.input_size, args.crop_size, train=True, interpolation=interpolation), device
+        )
+    dataset = SeededAugmentation(ImageList(samples, train_transform(args.input_size, args.crop_size, interpolation)))
     sampler = ResumableSampler(dataset, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
     return build_loader(dataset, args.batch_size, device, sampler, args.num_workers, seed=args.seed)
 

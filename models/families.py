@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from torch import nn
+from torchvision.transforms import InterpolationMode
 
 from utils.core.errors import UserValueError, closest_names
 
@@ -31,6 +32,7 @@ __all__ = [
     "families",
     "find_submodule",
     "get_family",
+    "interpolation_mode",
     "register_family",
     "rgb_triple",
 ]
@@ -142,6 +144,19 @@ def get_family(name: str) -> BackboneFamily:
     if name not in _FAMILIES:
         raise UserValueError(f"unknown backbone family {name!r}; {closest_names(name, _FAMILIES)}")
     return _FAMILIES[name]
+
+
+def interpolation_mode(name: str = "bilinear") -> InterpolationMode:
+    """torchvision's resize interpolation by name (``"bilinear"``, ``"bicubic"``, ``"nearest"``...).
+
+    Raises:
+        ValueError: no such interpolation.
+    """
+    try:
+        return InterpolationMode(name)
+    except ValueError:
+        names = ", ".join(mode.value for mode in InterpolationMode)
+        raise UserValueError(f"unknown interpolation {name!r} (one of {names})") from None
 
 
 def rgb_triple(values: Sequence[float], name: str) -> tuple[float, float, float]:

@@ -49,7 +49,9 @@ L-CAM-Fm needs maps that reach the decision: it is refused at a layer where they
 Images enter as RGB in [0, 1] and are normalised by the model, with the ``mean`` and
 ``std`` it is given, else those of the network's ``pretrained_cfg`` (timm's convention),
 else ImageNet's (as for the reference variants); the model records them, so a checkpoint
-rebuilds it alone. Train a classifier for this model on ``model.normalize(images)``, or
+rebuilds it alone. It records likewise the resize ``interpolation`` the network expects (the
+``pretrained_cfg``'s, e.g. timm's ``"bicubic"``, else ``"bilinear"``), which the commands' image
+transforms use. Train a classifier for this model on ``model.normalize(images)``, or
 simply through ``model.classify(model.normalize(images))``.
 
 The generic family's record is :data:`GENERIC_FAMILY`: the baselines explain the feature maps
@@ -72,7 +74,7 @@ import torchvision
 from torch import fx, nn
 
 from models.backbones import load_torchvision_classifier, read_state_dict
-from models.families import BackboneFamily, register_family
+from models.families import BackboneFamily, interpolation_mode, register_family
 from models.lcam import LCAM, LCAMOutput, variant
 from models.tokens import TokenLayout, default_token_layers, token_config
 from utils.core.errors import UserFileNotFoundError, UserTypeError, UserValueError, closest_names, state_dict_mismatch
@@ -423,6 +425,9 @@ class GenericLCAM(LCAM):
             network accepts, e.g. 64 for a network with a fixed-size head trained at 64 px).
         mean, std: the network's input normalisation [its ``pretrained_cfg``'s when it has
             one, else ImageNet's].
+        interpolation: the resize filter of the images it expects, a torchvision
+            ``InterpolationMode`` name [its ``pretrained_cfg``'s when it has one, else
+            ``"bilinear"``].
         **settings: ``apply_cam_to``, ``loss``, ``backbone_mode``, ``mask_loss_maps`` of
             :class:`models.lcam.LCAM`.
 
@@ -446,6 +451,7 @@ class GenericLCAM(LCAM):
         input_size: int = 224,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        interpolation: str | None = None,
         **settings,
     ) -> None:
         own_methods = callable(getattr(network, "feature_maps", None)) and callable(
@@ -487,6 +493,8 @@ class GenericLCAM(LCAM):
         config_dict = getattr(network, "pretrained_cfg", None) or {}
         mean = config_dict.get("mean") if mean is None else mean
         std = config_dict.get("std") if std is None else std
+        interpolation = (config_dict.get("interpolation") or "bilinear") if interpolation is None else interpolation
+        interpolation_mode(interpolation)  # checks the name
         super().__init__(in_channels=probe.channels, num_classes=probe.num_classes, mean=mean, std=std, **settings)
         self.add_backbone_modules(network=network)
         self.layer = chosen_layer
@@ -494,6 +502,7 @@ class GenericLCAM(LCAM):
         self.backbone_name = type(network).__name__
         self.backbone_weights = "unknown"
         self.input_size = input_size
+        self.interpolation = interpolation
         self.token_layout = probe.layout
         self.grid_reaches_output = probe.grid_reaches_output
         self._prefix_graph = prefix
@@ -542,7 +551,7 @@ class GenericLCAM(LCAM):
 
     def build_settings(self) -> dict[str, Any]:
         """Also the backbone's name (a torchvision name or ``package.module:callable``), the
-        split layer, the probe size and the normalisation."""
+        split layer, the probe size, the normalisation and the resize interpolation."""
         return {
             **super().build_settings(),
             "backbone": self.backbone_name,
@@ -550,6 +559,7 @@ class GenericLCAM(LCAM):
             "input_size": self.input_size,
             "mean": list(self.normalization[0]),
             "std": list(self.normalization[1]),
+            "interpolation": self.interpolation,
         }
 
     @property

@@ -195,9 +195,12 @@ class LCAM(nn.Module):
     Attributes:
         family: the class's backbone family (set when the family is registered, see
             :func:`models.families.register_family`); None for a class of no family.
+        interpolation: the resize filter of the images the network expects (a torchvision
+            ``InterpolationMode`` name), for the commands' transforms: ``"bilinear"``.
     """
 
     arch: str = "LCAM"
+    interpolation: str = "bilinear"
     family: ClassVar[BackboneFamily | None] = None
 
     def __init__(

@@ -239,6 +239,13 @@ def _build_entries(args: argparse.Namespace, device: torch.device) -> list[Entry
     return entries
 
 
+def _loader_interpolation(entries: list[Entry]) -> str:
+    """The resize filter of the loader all methods share: the L-CAM model's when the run has
+    exactly one, else bilinear."""
+    models = [entry.explainer.model for entry in entries if isinstance(entry.explainer, LCAMExplainer)]
+    return models[0].interpolation if len(models) == 1 else "bilinear"
+
+
 def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tuple[list[str], list[list[Any]]]:
     header = ["backbone", "method"]
     for percentage in percentages:
@@ -351,7 +358,15 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         load_sample_boxes(args.boxes, samples, args.img_dir, args.input_size, args.crop_size) if args.boxes else None
     )
     entries = _build_entries(args, device)
-    loader = build_eval_loader(samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device)
+    loader = build_eval_loader(
+        samples,
+        args.input_size,
+        args.crop_size,
+        args.batch_size,
+        args.num_workers,
+        device,
+        interpolation=_loader_interpolation(entries),
+    )
     device_name = device_description(device)
     print(f"Comparing {len(entries)} methods on {len(samples)} images of {args.test_list} on {device_name}")
     results = []

@@ -215,7 +215,14 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         f"of {args.test_list}, percentages {', '.join(f'{p:g}' for p in percentages)}, device {device}, amp {args.amp}"
     )
     loader = build_eval_loader(
-        samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device, args.decode
+        samples,
+        args.input_size,
+        args.crop_size,
+        args.batch_size,
+        args.num_workers,
+        device,
+        args.decode,
+        model.interpolation,
     )
     explainer = LCAMExplainer(model, compile=args.compile)
     result = evaluate(

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import ARCH_CHOICES, families, get_family
+from models import ARCH_CHOICES, LCAM, families, get_family
 from utils.core.cli import (
     HelpFormatter,
     add_datalist_arguments,
@@ -205,7 +205,10 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     samples = samples_from(args.test_list, args.img_dir, args.num_classes)[: args.limit]
     samples = check_images_exist(samples, args.test_list, skip_missing=args.skip_missing)
     network, build_entries = _subject(args, device)
-    loader = build_eval_loader(samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device)
+    interpolation = network.interpolation if isinstance(network, LCAM) else "bilinear"
+    loader = build_eval_loader(
+        samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device, interpolation=interpolation
+    )
     print(f"Sanity checks ({args.mode} randomisation) on {len(samples)} images of {args.test_list} on {device}")
     result = run_sanity_checks(
         network,

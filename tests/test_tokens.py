@@ -246,10 +246,11 @@ def test_commands_train_evaluate_explain_and_compare_a_transformer(jpeg_tree, tm
         train_L_CAM.main(train_L_CAM.get_args_parser().parse_args(train_args))
     (checkpoint,) = snapshots.glob("lcam_*.pth.tar")
     settings = torch.load(checkpoint, weights_only=True)["settings"]
-    assert (settings["backbone"], settings["layer"], settings["input_size"]) == (
+    assert (settings["backbone"], settings["layer"], settings["input_size"], settings["interpolation"]) == (
         "tests.test_tokens:tiny_deit",
         "blocks.0",
         32,
+        "bicubic",  # the DeiT's data config
     )
 
     output = tmp_path / "ad_ic.json"
@@ -281,3 +282,41 @@ def test_commands_train_evaluate_explain_and_compare_a_transformer(jpeg_tree, tm
     compare_args += ["--output_dir", str(compared), "--no_progress", "--figure_images", "1"]
     compare.main(compare.get_args_parser().parse_args(compare_args))
     assert list(compared.glob("*.csv"))
+
+
+def test_timm_interpolation_is_recorded_and_used(tmp_path):
+    """A timm network's bicubic data config: the model reports it, a checkpoint restores it,
+    and the transforms resize with it; the default stays torchvision's bilinear Resize."""
+    from PIL import Image
+    from torchvision import transforms
+
+    from models.lcam import LCAM
+    from utils.core.checkpoint import make_checkpoint, save_checkpoint
+    from utils.data.datalists import eval_transform, train_transform
+    from utils.data.device_decode import DeviceDecoder
+    from utils.explainers.lcam import load_lcam_model
+
+    backbone = "tests.test_tokens:tiny_deit"
+    model = GenericLCAM.build(backbone=backbone, pretrained=False, num_classes=5, input_size=32)
+    assert model.interpolation == "bicubic" and model.build_settings()["interpolation"] == "bicubic"
+    path = save_checkpoint(make_checkpoint(model, 1, 1, full=True), tmp_path / "lcam.pth.tar")
+    restored, _ = load_lcam_model("generic", path)
+    assert restored.interpolation == "bicubic"
+    assert GenericLCAM(tiny_deit(), input_size=32, interpolation="nearest").interpolation == "nearest"
+    assert GenericLCAM(tiny_vit(), input_size=32).interpolation == "bilinear"  # no data config
+    assert LCAM.interpolation == "bilinear"  # the reference variants
+    with pytest.raises(ValueError, match="unknown interpolation 'cubic'"):
+        GenericLCAM(tiny_deit(), input_size=32, interpolation="cubic")
+    with pytest.raises(ValueError, match="device decode path resizes with bilinear or bicubic, not 'nearest'"):
+        DeviceDecoder(36, 32, interpolation="nearest")
+
+    image = Image.fromarray(torch.randint(0, 256, (40, 44, 3), dtype=torch.uint8).numpy())
+
+    def reference(mode=None):
+        resize = transforms.Resize(36) if mode is None else transforms.Resize(36, mode)
+        return transforms.Compose([resize, transforms.CenterCrop(32), transforms.ToTensor()])(image)
+
+    assert torch.equal(eval_transform(36, 32, "bicubic")(image), reference(transforms.InterpolationMode.BICUBIC))
+    assert torch.equal(eval_transform(36, 32)(image), reference())
+    assert not torch.equal(reference(transforms.InterpolationMode.BICUBIC), reference())
+    assert train_transform(36, 32, "bicubic")(image).shape == (3, 32, 32)

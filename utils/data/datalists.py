@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms
 
+from models.families import interpolation_mode
 from utils.core.errors import UserFileNotFoundError, UserValueError
 
 __all__ = [
@@ -177,11 +178,11 @@ def _datalist_line_numbers(source: str, entries: int) -> list[int] | None:
     return numbers if len(numbers) == entries else None
 
 
-def train_transform(input_size: int = 256, crop_size: int = 224) -> Callable:
+def train_transform(input_size: int = 256, crop_size: int = 224, interpolation: str = "bilinear") -> Callable:
     """Resize(smaller edge) -> RandomCrop -> RandomHorizontalFlip -> ToTensor (no normalisation)."""
     return transforms.Compose(
         [
-            transforms.Resize(input_size),
+            transforms.Resize(input_size, interpolation_mode(interpolation)),
             transforms.RandomCrop(crop_size),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
@@ -189,9 +190,15 @@ def train_transform(input_size: int = 256, crop_size: int = 224) -> Callable:
     )
 
 
-def eval_transform(input_size: int = 256, crop_size: int = 224) -> Callable:
+def eval_transform(input_size: int = 256, crop_size: int = 224, interpolation: str = "bilinear") -> Callable:
     """Resize(smaller edge) -> CenterCrop -> ToTensor (no normalisation)."""
-    return transforms.Compose([transforms.Resize(input_size), transforms.CenterCrop(crop_size), transforms.ToTensor()])
+    return transforms.Compose(
+        [
+            transforms.Resize(input_size, interpolation_mode(interpolation)),
+            transforms.CenterCrop(crop_size),
+            transforms.ToTensor(),
+        ]
+    )
 
 
 class ImageList(Dataset):

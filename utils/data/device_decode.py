@@ -5,9 +5,9 @@ decoded by ``torchvision.io.decode_jpeg`` on the device (nvJPEG on CUDA) and res
 cropped there by :class:`DeviceDecoder`. This frees the CPU, which decodes and resizes
 about 350 ImageNet JPEGs/s per core with PIL.
 
-Not bit-identical to the PIL path: tensor resizing (bilinear, antialiased) differs from
-PIL's by about one grey level on average, so the reference numbers are reproduced with the
-default PIL path; use this one for speed.
+Not bit-identical to the PIL path: tensor resizing (bilinear or bicubic, antialiased)
+differs from PIL's by about one grey level on average, so the reference numbers are
+reproduced with the default PIL path; use this one for speed.
 """
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as TF
 
+from models.families import interpolation_mode
 from utils.core.errors import UserValueError
 from utils.data.datalists import Batch, Sample
 
 __all__ = ["DecodingLoader", "DeviceDecoder", "EncodedBatch", "EncodedImageList", "collate_encoded"]
+
+# The resize filters of the device path (antialiased, as PIL's).
+DEVICE_INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 class EncodedImageList(Dataset):
@@ -89,17 +93,26 @@ def collate_encoded(items) -> EncodedBatch:
 
 class DeviceDecoder:
     """Decode a list of encoded images on ``device`` and apply the reference transform:
-    resize the smaller edge to ``input_size``, then a centre crop (``train=False``) or a
-    random crop and horizontal flip (``train=True``) of ``crop_size``, as float in [0, 1].
+    resize the smaller edge to ``input_size`` (``interpolation``: bilinear or bicubic), then a
+    centre crop (``train=False``) or a random crop and horizontal flip (``train=True``) of
+    ``crop_size``, as float in [0, 1].
 
     Random choices come from a CPU generator, seeded per image when the batch has seeds
     (so they depend neither on the device nor on the batch composition).
     """
 
-    def __init__(self, input_size: int = 256, crop_size: int = 224, train: bool = False) -> None:
+    def __init__(
+        self, input_size: int = 256, crop_size: int = 224, train: bool = False, interpolation: str = "bilinear"
+    ) -> None:
         if crop_size > input_size:
             raise UserValueError(f"'crop_size' ({crop_size}) must not exceed 'input_size' ({input_size})")
+        if interpolation not in DEVICE_INTERPOLATIONS:
+            raise UserValueError(
+                f"the device decode path resizes with {' or '.join(DEVICE_INTERPOLATIONS)}, not {interpolation!r}; "
+                "use --decode pil"
+            )
         self.input_size, self.crop_size, self.train = input_size, crop_size, train
+        self.interpolation = interpolation_mode(interpolation)
 
     def __call__(self, batch: EncodedBatch, device: torch.device) -> Batch:
         """A :class:`utils.data.Batch` on ``device``; images that fail to decode join ``failed``.
@@ -132,7 +145,9 @@ class DeviceDecoder:
             by_size.setdefault(tuple(image.shape), []).append(position)
         resized = {}
         for positions in by_size.values():
-            group = TF.resize(torch.stack([images[p] for p in positions]), [self.input_size], antialias=True)
+            group = TF.resize(
+                torch.stack([images[p] for p in positions]), [self.input_size], self.interpolation, antialias=True
+            )
             resized.update(zip(positions, group))
         return resized
 

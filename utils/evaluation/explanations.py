@@ -250,7 +250,13 @@ def explain_images(
         output_dir = os.fspath(options.output_dir)
         os.makedirs(output_dir, exist_ok=True)
     loader = build_eval_loader(
-        samples, options.input_size, options.crop_size, options.batch_size, options.num_workers, device
+        samples,
+        options.input_size,
+        options.crop_size,
+        options.batch_size,
+        options.num_workers,
+        device,
+        interpolation=model.interpolation,
     )
     report = None
     if options.html_dir is not None:

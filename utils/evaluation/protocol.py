@@ -521,19 +521,26 @@ def build_eval_loader(
     num_workers: int = 0,
     device: torch.device | str = "cpu",
     decode: str = "pil",
+    interpolation: str = "bilinear",
 ) -> Iterable[Batch]:
     """The evaluation loader, in dataset order, yielding :class:`utils.data.Batch` with the
     unreadable images reported: the reference eval transform (Resize, CenterCrop, ToTensor)
     in the workers (``decode="pil"``), or JPEGs decoded, resized and cropped on ``device``
-    (``decode="device"``, :mod:`utils.data.device_decode`; not bit-identical to PIL)."""
+    (``decode="device"``, :mod:`utils.data.device_decode`; not bit-identical to PIL). The
+    resize uses ``interpolation`` (the model's: ``model.interpolation``)."""
     device = torch.device(device)
     if decode == "device":
         loader = build_loader(
             EncodedImageList(samples), batch_size, device, num_workers=num_workers, collate_fn=collate_encoded
         )
-        return DecodingLoader(loader, DeviceDecoder(input_size, crop_size, train=False), device)
+        return DecodingLoader(
+            loader, DeviceDecoder(input_size, crop_size, train=False, interpolation=interpolation), device
+        )
     if decode != "pil":
         raise UserValueError(f"'decode' must be 'pil' or 'device', got {decode!r}")
     return build_loader(
-        ImageList(samples, eval_transform(input_size, crop_size)), batch_size, device, num_workers=num_workers
+        ImageList(samples, eval_transform(input_size, crop_size, interpolation)),
+        batch_size,
+        device,
+        num_workers=num_workers,
     )
