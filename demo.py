@@ -85,6 +85,7 @@ QUICK = {
     "eval_images": 48,
     "rise_masks": 64,
     "rise_images": 8,
+    "road_images": 8,
 }
 # --backbone vit: a ViT needs more canvases and a gentler lr than the CNN to reach 95 %; Score-CAM
 # (one forward per token channel) and the reference-map heads are left out to keep it short.
@@ -235,6 +236,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--id_step", type=positive_int, default=256, help="pixels deleted/inserted per step (insertion/deletion)"
     )
+    evaluation.add_argument(
+        "--road_images",
+        type=non_negative_int,
+        default=50,
+        help="held-out images ROAD is evaluated on (18 imputations each; 0: no ROAD columns)",
+    )
     evaluation.add_argument("--overlay_images", type=positive_int, default=6, help="rows of overlays.png")
     return parser
 
@@ -337,6 +344,8 @@ def evaluate_method(
         device,
         description=key,
         id_step=args.id_step,
+        road_images=min(args.road_images, count),
+        road_seed=args.seed,
     )
     row: dict[str, Any] = {"method": key, "name": LCAM_METHODS.get(key, (BASELINE_METHODS.get(key),))[0]}
     return {**row, **scores}, maps
@@ -354,6 +363,8 @@ COLUMNS = (
     "max_box_acc_v2",
     "deletion_auc",
     "insertion_auc",
+    "road_morf_accuracy",
+    "road_lerf_accuracy",
 )
 TABLE_TITLES = (
     "AD 100% ↓",
@@ -367,19 +378,25 @@ TABLE_TITLES = (
     "MaxBoxAccV2 % ↑",
     "deletion AUC % ↓",
     "insertion AUC % ↑",
+    "ROAD MoRF acc % ↓",
+    "ROAD LeRF acc % ↑",
 )
 KEPT = ("100", "50", "15")  # percent of each map kept at PERCENTAGES
 LOCALISATION = ("energy_in_box", "pointing_game", "max_box_acc_v2")
-RESULT_FIELDS = ("method", "name", *COLUMNS, "images", "localised_images", "seconds")
+RESULT_FIELDS = ("method", "name", *COLUMNS, "road_combined", "images", "road_images", "localised_images", "seconds")
 
 
 def write_results(rows: list[dict], info: dict[str, Any], output_dir: str) -> str:
     """results.csv, results.json and results.md (the rows so far, which may be none);
     returns the markdown table."""
-    ResultsTable.from_records(rows, RESULT_FIELDS).write_csv(os.path.join(output_dir, "results.csv"))
+    complete = [{field: "" for field in RESULT_FIELDS} | row for row in rows]  # no ROAD fields with --road_images 0
+    ResultsTable.from_records(complete, RESULT_FIELDS).write_csv(os.path.join(output_dir, "results.csv"))
     write_json(os.path.join(output_dir, "results.json"), {"info": info, "results": rows})
     header = ["method", *TABLE_TITLES, "images"]
-    cells = [[row["name"], *(f"{row[column]:.1f}" for column in COLUMNS), row["images"]] for row in rows]
+    cells = [
+        [row["name"], *(f"{row[column]:.1f}" if column in row else "-" for column in COLUMNS), row["images"]]
+        for row in rows
+    ]
     table = ResultsTable(header, cells).markdown()
     about = "\n".join(f"- {key}: {value}" for key, value in info.items() if key != "note")
     write_markdown(os.path.join(output_dir, "results.md"), "# L-CAM demo results", info.get("note", ""), table, about)

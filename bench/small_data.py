@@ -6,7 +6,8 @@ classifier, on generated datasets with boxes, for several networks and seeds.
     python -m bench.small_data --quick --output_dir /tmp/sd            # a smoke test; its numbers mean nothing
 
 For each dataset (``digits``: utils/data/digits.py, ``shapes``: utils/data/shapes.py), network
-(``demo-cnn``: demo.DigitsCNN; ``resnet18``: torchvision's, random init) and seed: (1) train the
+(``demo-cnn``: demo.DigitsCNN; ``resnet18``: torchvision's, random init; ``resnet18-small``: the
+same without the stem's max-pool, :func:`resnet18_small_images`) and seed: (1) train the
 classifier on the training images (AdamW, cosine lr; ``utils.training.study``), save its
 state_dict and its predictions of the training images as a datalist; (2) for each
 ``--head_inits`` value, run ``train_L_CAM.py --arch generic --backbone ... --backbone_weights
@@ -36,6 +37,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torchvision
+from torch import nn
 
 from models.generic import GenericLCAM, init_head_from_classifier, load_network
 from utils.core.cli import REPO_ROOT, non_negative_int, positive_int, run_cli
@@ -51,7 +54,11 @@ from utils.training.study import SCORE_COLUMNS, predict, score_explainer, train_
 
 DATASETS: dict[str, Callable[..., Any]] = {"digits": make_digits_dataset, "shapes": make_shapes_dataset}
 # name: (--backbone spec, the layer Grad-CAM reads)
-NETWORKS = {"demo-cnn": ("demo:DigitsCNN", "features"), "resnet18": ("resnet18", "layer4")}
+NETWORKS = {
+    "demo-cnn": ("demo:DigitsCNN", "features"),
+    "resnet18": ("resnet18", "layer4"),
+    "resnet18-small": ("bench.small_data:resnet18_small_images", "layer4"),
+}
 HEAD_INITS = ("classifier", "random")
 CPU_FILE = "cpu_seconds.json"  # beside a finished head: its CPU time and command
 METHOD_NAMES = {
@@ -80,6 +87,14 @@ QUICK = {
     "head_epochs": 1,
     "seeds": "0",
 }
+
+
+def resnet18_small_images(num_classes: int = 1000) -> nn.Module:
+    """torchvision's ResNet-18 (random init) adapted to small images as is usual: the stem's
+    max-pool removed, so the last stage is at 1/16 of the input (4 x 4 at 64 px, not 2 x 2)."""
+    network = torchvision.models.resnet18(num_classes=num_classes)
+    network.maxpool = nn.Identity()
+    return network
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

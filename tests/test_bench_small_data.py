@@ -39,4 +39,4 @@ def test_unknown_network_is_one_line(tmp_path, run_command):
     status, _, err = run_command(
         small_data.main, small_data.get_args_parser(), ["--output_dir", str(tmp_path), "--networks", "vgg"]
     )
-    assert status == 2 and "--networks: unknown ['vgg']; valid: demo-cnn, resnet18" in err
+    assert status == 2 and "--networks: unknown ['vgg']; valid: demo-cnn, resnet18, resnet18-small" in err

@@ -41,6 +41,7 @@ def test_quick_demo_writes_table_figures_and_checkpoints(tmp_path, capsys):
         for column in demo.COLUMNS:
             assert 0 <= row[column] <= 100 and math.isfinite(row[column]), (row["method"], column)
     assert rows[-1]["images"] == demo.QUICK["rise_images"] and rows[0]["images"] == 24
+    assert all(row["road_images"] == demo.QUICK["road_images"] for row in rows)  # the ROAD columns' images
     for name in ("results.md", "results.csv", "results.json", "metrics.png", "overlays.png", "classifier.pth"):
         assert os.path.getsize(output_dir / name) > 0, name
     assert len(read_report_data(output_dir / "report")["images"]) == demo.REPORT_IMAGES  # the web page

@@ -20,6 +20,7 @@ from utils.core.files import atomic_open
 from utils.evaluation import evaluate, normalize_and_upsample
 from utils.evaluation.insertion_deletion import InsertionDeletionMeter, insertion_deletion_curves
 from utils.evaluation.localization import LocalizationMeter
+from utils.evaluation.road import evaluate_road
 from utils.explainers.baselines import NormalizedClassifier
 from utils.training.loop import TrainOptions, fit
 
@@ -148,13 +149,19 @@ def score_explainer(
     description: str = "",
     progress: bool = True,
     id_step: int | None = None,
+    road_images: int = 0,
+    road_seed: int = 0,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """AD and IC at 100, 50 and 15 % of the map kept (the explained class the prediction;
     :func:`utils.evaluation.evaluate`) and, on the correctly classified images, the energy in
     the box and the pointing game, all in percent (:data:`SCORE_COLUMNS`), and
     ``max_box_acc_v2``; with ``id_step``, the mean ``deletion_auc`` and ``insertion_auc`` of
     the same maps, ``id_step`` pixels per step, in percent of a curve at probability 1
-    (:mod:`utils.evaluation.insertion_deletion`); with ``images`` and ``localised_images``
+    (:mod:`utils.evaluation.insertion_deletion`); with ``road_images`` > 0, ROAD on the first
+    ``road_images`` images (:func:`utils.evaluation.road.evaluate_road`, noise seeded
+    ``road_seed``): ``road_morf_accuracy`` and ``road_lerf_accuracy`` (% of images whose top-1
+    class survives, over the percentiles 10..90), ``road_combined`` (the probability form, in
+    %) and ``road_images``; with ``images`` and ``localised_images``
     (the counts) and ``seconds``; and the maps (N x 1 x H x W in [0, 1], on the CPU).
     """
     recorder = _RecordingExplainer(explainer)
@@ -195,4 +202,20 @@ def score_explainer(
             )
         summary = curves.summary()
         row.update(deletion_auc=summary["deletion_auc"] * 100, insertion_auc=summary["insertion_auc"] * 100)
+    if road_images > 0:
+        road = evaluate_road(
+            classifier,
+            explainer,
+            tensor_loader(images, labels, batch_size, shuffle=False),
+            device,
+            limit=road_images,
+            seed=road_seed,
+            progress=progress,
+        )
+        row.update(
+            road_morf_accuracy=road["road_morf_accuracy"],
+            road_lerf_accuracy=road["road_lerf_accuracy"],
+            road_combined=road["road_combined"] * 100,
+            road_images=road["road_count"],
+        )
     return row, maps

@@ -1,0 +1,46 @@
+"""utils.training.study: the scores of one explainer on held-out images with boxes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from utils.evaluation.road import evaluate_road
+from utils.explainers.baselines import build_explainer
+from utils.training.study import SCORE_COLUMNS, predict, score_explainer
+
+
+def _held_out(images, classifier, count: int = 6):
+    """Images, their predicted classes as labels (so every image is localised) and boxes."""
+    x = images(count, 32, seed=4)
+    boxes = torch.tensor([[4, 4, 20, 24]] * count)
+    return x, predict(classifier, x, "cpu"), boxes
+
+
+def test_road_columns_are_those_of_evaluate_road_on_the_first_images(images, tiny_classifier):
+    classifier = tiny_classifier(1)
+    explainer = build_explainer("gradcam", classifier)
+    x, labels, boxes = _held_out(images, classifier)
+    row, maps = score_explainer(
+        classifier, explainer, x, labels, boxes, "cpu", batch_size=4, progress=False, road_images=5, road_seed=3
+    )
+    expected = evaluate_road(classifier, explainer, [(x[:5],)], seed=3, progress=False)
+    assert row["road_images"] == 5 and row["images"] == row["localised_images"] == 6 and maps.shape == (6, 1, 32, 32)
+    assert row["road_morf_accuracy"] == pytest.approx(expected["road_morf_accuracy"], abs=1e-9)
+    assert row["road_lerf_accuracy"] == pytest.approx(expected["road_lerf_accuracy"], abs=1e-9)
+    assert row["road_combined"] == pytest.approx(100 * expected["road_combined"], abs=1e-9)
+    other_seed, _ = score_explainer(
+        classifier, explainer, x, labels, boxes, "cpu", batch_size=4, progress=False, road_images=5, road_seed=4
+    )
+    assert other_seed["road_combined"] != row["road_combined"]  # the seed reaches the imputation noise
+    for column in SCORE_COLUMNS:
+        assert other_seed[column] == row[column]
+
+
+def test_no_road_columns_without_road_images(images, tiny_classifier):
+    classifier = tiny_classifier()
+    x, labels, boxes = _held_out(images, classifier, 3)
+    row, _ = score_explainer(
+        classifier, build_explainer("gradcam", classifier), x, labels, boxes, "cpu", progress=False
+    )
+    assert not any(key.startswith("road") for key in row) and set(SCORE_COLUMNS) <= row.keys()
