@@ -146,6 +146,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     recipe.add_argument("--input_size", type=positive_int, default=256, help="Resize: the smaller image edge")
     recipe.add_argument("--crop_size", type=positive_int, default=224, help="RandomCrop size")
     recipe.add_argument(
+        "--no_hflip",
+        action="store_true",
+        help="no random horizontal flip of the training images (for data whose mirror image is another class or "
+        "none: digits, text)",
+    )
+    recipe.add_argument(
         "--lr",
         type=positive_float,
         default=None,
@@ -505,9 +511,14 @@ def _build_train_loader(samples, args: argparse.Namespace, device: torch.device,
             dataset, args.batch_size, device, sampler, args.num_workers, collate_fn=collate_encoded, seed=args.seed
         )
         return DecodingLoader(
-            loader, DeviceDecoder(args.input_size, args.crop_size, train=True, interpolation=interpolation), device
+            loader,
+            DeviceDecoder(
+                args.input_size, args.crop_size, train=True, interpolation=interpolation, hflip=not args.no_hflip
+            ),
+            device,
         )
-    dataset = SeededAugmentation(ImageList(samples, train_transform(args.input_size, args.crop_size, interpolation)))
+    transform = train_transform(args.input_size, args.crop_size, interpolation, hflip=not args.no_hflip)
+    dataset = SeededAugmentation(ImageList(samples, transform))
     sampler = ResumableSampler(dataset, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
     return build_loader(dataset, args.batch_size, device, sampler, args.num_workers, seed=args.seed)
 

@@ -118,3 +118,20 @@ def test_decoding_loader_wraps_a_resumable_loader(image_files):
     (first, order), (again, same_order) = epoch_images(), epoch_images()
     assert first.shape == (4, 3, 32, 32) and sorted(order.tolist()) == [0, 1, 2, 3]
     assert torch.equal(first, again) and torch.equal(order, same_order)
+
+
+def test_without_hflip_the_same_crops_are_never_mirrored(image_files):
+    dataset = EncodedImageList(image_files[:3])
+
+    def decode(seed: int, hflip: bool) -> torch.Tensor:
+        encoded = collate_encoded([dataset[(i, seed * 3 + i)] for i in range(3)])
+        return DeviceDecoder(48, 32, train=True, hflip=hflip)(encoded, torch.device("cpu")).images
+
+    mirrored = 0
+    for seed in range(6):
+        flipped, plain = decode(seed, True), decode(seed, False)
+        for position in range(3):  # the same crop: equal, or the mirror image where the flip was drawn
+            same = torch.equal(flipped[position], plain[position])
+            assert same or torch.equal(flipped[position].flip(-1), plain[position])
+            mirrored += not same
+    assert mirrored > 0  # the flip was drawn (and applied with hflip=True) for some images

@@ -210,3 +210,17 @@ def test_mid_epoch_checkpoint_needs_the_same_batch_size(model, jpeg_tree, tmp_pa
         resume_training(snap, model, build_optimizer(model, 1e-4), batch_size=2)
     state, _ = resume_training(snap, model, build_optimizer(model, 1e-4), batch_size=4)
     assert (state.epoch, state.batches_done, state.global_counter) == (0, 1, 1)
+
+
+@pytest.mark.parametrize("hflip", [True, False])
+def test_train_transform_flips_only_with_hflip(hflip):
+    from PIL import Image
+    from torchvision.transforms.functional import to_tensor
+
+    ramp = (torch.arange(32)[None, :, None].expand(32, 32, 3) * 8).to(torch.uint8).numpy()
+    image = Image.fromarray(ramp)  # left-right asymmetric; crop = whole image, so only the flip varies
+    torch.manual_seed(0)
+    outputs = [train_transform(32, 32, hflip=hflip)(image) for _ in range(16)]
+    mirrored = sum(torch.equal(output, to_tensor(image).flip(-1)) for output in outputs)
+    assert mirrored + sum(torch.equal(output, to_tensor(image)) for output in outputs) == 16
+    assert (mirrored > 0) == hflip

@@ -178,13 +178,16 @@ def _datalist_line_numbers(source: str, entries: int) -> list[int] | None:
     return numbers if len(numbers) == entries else None
 
 
-def train_transform(input_size: int = 256, crop_size: int = 224, interpolation: str = "bilinear") -> Callable:
-    """Resize(smaller edge) -> RandomCrop -> RandomHorizontalFlip -> ToTensor (no normalisation)."""
+def train_transform(
+    input_size: int = 256, crop_size: int = 224, interpolation: str = "bilinear", hflip: bool = True
+) -> Callable:
+    """Resize(smaller edge) -> RandomCrop -> RandomHorizontalFlip (``hflip``) -> ToTensor (no normalisation)."""
+    flip = [transforms.RandomHorizontalFlip()] if hflip else []
     return transforms.Compose(
         [
             transforms.Resize(input_size, interpolation_mode(interpolation)),
             transforms.RandomCrop(crop_size),
-            transforms.RandomHorizontalFlip(),
+            *flip,
             transforms.ToTensor(),
         ]
     )

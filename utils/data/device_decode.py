@@ -94,15 +94,20 @@ def collate_encoded(items) -> EncodedBatch:
 class DeviceDecoder:
     """Decode a list of encoded images on ``device`` and apply the reference transform:
     resize the smaller edge to ``input_size`` (``interpolation``: bilinear or bicubic), then a
-    centre crop (``train=False``) or a random crop and horizontal flip (``train=True``) of
-    ``crop_size``, as float in [0, 1].
+    centre crop (``train=False``) or a random crop and horizontal flip (``train=True``; the flip
+    drawn but not applied with ``hflip=False``) of ``crop_size``, as float in [0, 1].
 
     Random choices come from a CPU generator, seeded per image when the batch has seeds
     (so they depend neither on the device nor on the batch composition).
     """
 
     def __init__(
-        self, input_size: int = 256, crop_size: int = 224, train: bool = False, interpolation: str = "bilinear"
+        self,
+        input_size: int = 256,
+        crop_size: int = 224,
+        train: bool = False,
+        interpolation: str = "bilinear",
+        hflip: bool = True,
     ) -> None:
         if crop_size > input_size:
             raise UserValueError(f"'crop_size' ({crop_size}) must not exceed 'input_size' ({input_size})")
@@ -111,7 +116,7 @@ class DeviceDecoder:
                 f"the device decode path resizes with {' or '.join(DEVICE_INTERPOLATIONS)}, not {interpolation!r}; "
                 "use --decode pil"
             )
-        self.input_size, self.crop_size, self.train = input_size, crop_size, train
+        self.input_size, self.crop_size, self.train, self.hflip = input_size, crop_size, train, hflip
         self.interpolation = interpolation_mode(interpolation)
 
     def __call__(self, batch: EncodedBatch, device: torch.device) -> Batch:
@@ -132,7 +137,7 @@ class DeviceDecoder:
             generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
             crop, flip = self._crop(resized[position], generator)
             # flipped one by one: a device tensor of flags would cost a blocking host copy
-            crops.append(crop.flip(-1) if flip else crop)
+            crops.append(crop.flip(-1) if flip and self.hflip else crop)
         keep = torch.tensor(kept, dtype=torch.long)
         images = torch.stack(crops).float().div_(255.0) if crops else None
         return Batch(images, batch.labels[keep].to(device, non_blocking=True), batch.indices[keep], failed)
