@@ -17,9 +17,17 @@ from collections.abc import Callable
 import torch
 
 from models import ARCH_CHOICES, GENERIC, BackboneFamily, build_model, families, family_of
-from models.generic import init_head_from_classifier
+from models.generic import init_head_from_classifier, resolve_image_sizes
 from utils.core.checkpoint import list_checkpoints
-from utils.core.cli import REPO_ROOT, add_decode_argument, non_negative_int, positive_float, positive_int, run_cli
+from utils.core.cli import (
+    REPO_ROOT,
+    add_decode_argument,
+    add_image_size_arguments,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 from utils.core.errors import UserFileNotFoundError, UserValueError
 from utils.core.files import ensure_writable
 from utils.core.runtime import (
@@ -143,8 +151,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     recipe.add_argument(
         "--batch_size", type=positive_int, default=64, help="images per optimizer step (per process under torchrun)"
     )
-    recipe.add_argument("--input_size", type=positive_int, default=256, help="Resize: the smaller image edge")
-    recipe.add_argument("--crop_size", type=positive_int, default=224, help="RandomCrop size")
+    add_image_size_arguments(recipe, "RandomCrop size", from_model="--backbone timm:NAME: timm's data config")
     recipe.add_argument(
         "--no_hflip",
         action="store_true",
@@ -370,8 +377,9 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         raise UserValueError(f"'--weight_decay' must be >= 0, got {args.weight_decay}")
     if args.val_img_dir is None:
         args.val_img_dir = args.img_dir
-    if args.crop_size > args.input_size:
-        raise UserValueError(f"'--crop_size' {args.crop_size} is larger than '--input_size' {args.input_size}")
+    args.input_size, args.crop_size = resolve_image_sizes(
+        args.input_size, args.crop_size, args.backbone, args.backbone_weights
+    )
     if args.restore_from and args.resume == "False":
         raise UserValueError("'--restore_from' given with '--resume False': drop one of them")
     if args.archive_old and args.resume == "True":
@@ -413,7 +421,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     if args.normalize_first_pass:
         settings["normalize_first_pass"] = True
     if args.arch == GENERIC:  # the flags not given keep the generic variant's defaults
-        settings.update(_generic_flags(args), input_size=args.crop_size)
+        settings.update(_generic_flags(args), input_size=args.crop_size, resize_size=args.input_size)
     pretrained = False if args.backbone_weights.lower() == "none" else args.backbone_weights
     model = build_model(args.arch, pretrained, args.num_classes, args.backbone_mode, **settings).to(device)
     _init_head(model, args, dist.is_main)

@@ -51,8 +51,13 @@ Images enter as RGB in [0, 1] and are normalised by the model, with the ``mean``
 else ImageNet's (as for the reference variants); the model records them, so a checkpoint
 rebuilds it alone. It records likewise the resize ``interpolation`` the network expects (the
 ``pretrained_cfg``'s, e.g. timm's ``"bicubic"``, else ``"bilinear"``), which the commands' image
-transforms use. Train a classifier for this model on ``model.normalize(images)``, or
+transforms use, and the sizes of those images (:attr:`GenericLCAM.image_sizes`: the probe size as
+the crop, the Resize of timm's eval transform for it). Train a classifier for this model on ``model.normalize(images)``, or
 simply through ``model.classify(model.normalize(images))``.
+
+Without building a network, :func:`backbone_image_sizes` gives the sizes a ``timm:NAME`` backbone
+expects (timm's data config), and :func:`resolve_image_sizes` the commands' ``--input_size`` and
+``--crop_size``: the flags given, else a model's or backbone's sizes, else 256 and 224.
 
 The generic family's record is :data:`GENERIC_FAMILY`: the baselines explain the feature maps
 the attention mechanism reads (``target_layer`` None), with RISE's VGG-16 mask count.
@@ -63,9 +68,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -85,11 +91,13 @@ __all__ = [
     "GENERIC_FAMILY",
     "TIMM_PREFIX",
     "GenericLCAM",
+    "backbone_image_sizes",
     "classifier_head",
     "find_feature_layer",
     "init_head_from_classifier",
     "load_network",
     "model",
+    "resolve_image_sizes",
     "torchvision_classifiers",
 ]
 
@@ -97,6 +105,7 @@ GENERIC_ARCH = "generic"
 DEFAULT_BACKBONE = "resnet18"
 AS_BUILT = "as built"  # the weights of a custom network are those its callable gives
 TIMM_PREFIX = "timm:"
+_DEFAULT_CROP_PCT = 0.875  # timm's default, and 224 / 256: the reference's Resize 256, CenterCrop 224
 _CUSTOM_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 # Modules and functions that keep the feature maps' shape and meaning: the automatic split
@@ -176,12 +185,7 @@ def _load_timm(name: str, pretrained, num_classes: int | None) -> tuple[nn.Modul
     word = that pretrained tag of timm (``augreg_in21k``), both through timm's own loading with
     the data config in ``pretrained_cfg``; the ``"timm:NAME.TAG"`` it returns (recorded in
     checkpoints) = those weights again; False/None/"none" = random init; a path = a state_dict."""
-    try:
-        import timm
-    except ImportError as error:
-        raise UserValueError(
-            f"backbone '{TIMM_PREFIX}{name}' needs timm, which is not installed: pip install timm"
-        ) from error
+    timm = _import_timm(name)
     architecture = name.split(".")[0]  # a pretrained tag may follow: vit_small_patch16_224.augreg_in21k
     names = timm.list_models()
     if architecture not in names:
@@ -189,12 +193,7 @@ def _load_timm(name: str, pretrained, num_classes: int | None) -> tuple[nn.Modul
             f"unknown timm model {name!r} (--backbone {TIMM_PREFIX}NAME); {closest_names(architecture, names)}"
         )
     options = {} if num_classes is None else {"num_classes": num_classes}
-    if isinstance(pretrained, str) and pretrained.startswith(TIMM_PREFIX):  # as a checkpoint records them
-        name, pretrained = pretrained[len(TIMM_PREFIX) :], True
-    elif isinstance(pretrained, str) and re.fullmatch(r"\w+", pretrained) and pretrained != "none":
-        if pretrained.lower() != "default" and not pretrained.isupper():
-            name = f"{architecture}.{pretrained}"  # a pretrained tag of timm
-        pretrained = True
+    name, pretrained = _timm_request(name, pretrained)
     if pretrained is True:
         try:
             network = timm.create_model(name, pretrained=True, **options)
@@ -209,6 +208,88 @@ def _load_timm(name: str, pretrained, num_classes: int | None) -> tuple[nn.Modul
     if pretrained is None or pretrained is False or pretrained == "none":
         return network, "none"
     return network, _load_custom_weights(network, pretrained, f"{TIMM_PREFIX}{name}")
+
+
+def _import_timm(name: str):
+    try:
+        import timm
+    except ImportError as error:
+        raise UserValueError(
+            f"backbone '{TIMM_PREFIX}{name}' needs timm, which is not installed: pip install timm"
+        ) from error
+    return timm
+
+
+def _timm_request(name: str, pretrained) -> tuple[str, Any]:
+    """The timm name to build (with the pretrained tag ``pretrained`` names) and what is left of
+    ``pretrained`` (True: timm's pretrained weights), as :func:`_load_timm` reads them."""
+    if isinstance(pretrained, str) and pretrained.startswith(TIMM_PREFIX):  # as a checkpoint records them
+        return pretrained[len(TIMM_PREFIX) :], True
+    if isinstance(pretrained, str) and re.fullmatch(r"\w+", pretrained) and pretrained != "none":
+        if pretrained.lower() != "default" and not pretrained.isupper():
+            name = f"{name.split('.')[0]}.{pretrained}"  # a pretrained tag of timm
+        return name, True
+    return name, pretrained
+
+
+def _resize_for(crop_size: int, config: Mapping) -> int:
+    """The Resize of the smaller edge for a ``crop_size`` crop in timm's eval transform
+    (``transforms_imagenet_eval``): floor(crop_size / crop_pct), with the data config's
+    ``crop_pct`` [0.875: 256 for 224]."""
+    return math.floor(crop_size / (config.get("crop_pct") or _DEFAULT_CROP_PCT))
+
+
+def backbone_image_sizes(backbone: str | nn.Module, pretrained=False) -> tuple[int, int]:
+    """The (Resize of the smaller edge, square crop) of the images ``backbone`` expects, known
+    without building it: for ``"timm:NAME"``, timm's data config (``pretrained_cfg``) of the
+    weights ``pretrained`` asks for (read as :func:`load_network` does): its ``input_size`` as the
+    crop and floor(crop / ``crop_pct``) as the Resize, as timm's eval transform (which then crops
+    the centre; the commands do so also for its ``"squash"`` and ``"border"`` crop modes); for any
+    other backbone, or a timm name it does not know, the reference's (256, 224).
+
+    Raises:
+        ValueError: timm is not installed, or its data config asks for images that are not square.
+    """
+    if not (isinstance(backbone, str) and backbone.startswith(TIMM_PREFIX)):
+        return LCAM.image_sizes
+    name = backbone[len(TIMM_PREFIX) :]
+    timm = _import_timm(name)
+    name, _ = _timm_request(name, pretrained)
+    try:
+        config = timm.get_pretrained_cfg(name)
+    except RuntimeError:  # an unknown pretrained tag: building the network says so
+        config = None
+    if config is None:
+        return LCAM.image_sizes
+    config = config.to_dict()
+    height, width = config["input_size"][-2:]
+    if height != width:
+        raise UserValueError(
+            f"timm's data config of {name!r} asks for {height} x {width} images, but the commands crop squares: "
+            "give --input_size and --crop_size"
+        )
+    return _resize_for(width, config), width
+
+
+def resolve_image_sizes(
+    input_size: int | None, crop_size: int | None, source: Any = None, pretrained=False
+) -> tuple[int, int]:
+    """The commands' ``--input_size`` (Resize of the smaller edge) and ``--crop_size`` (square
+    crop): each one given, else the one ``source`` expects: its ``image_sizes`` (a model restored
+    from a checkpoint: those it was trained at; a variant class), else those of a backbone name
+    (:func:`backbone_image_sizes`, with ``pretrained``), else the reference's 256 and 224.
+
+    Raises:
+        ValueError: the crop is larger than the Resize, or an error of :func:`backbone_image_sizes`.
+    """
+    given = (input_size, crop_size)
+    if None in given:
+        expected = getattr(source, "image_sizes", None) or backbone_image_sizes(source, pretrained)
+        input_size, crop_size = (expected[index] if size is None else size for index, size in enumerate(given))
+    if crop_size > input_size:
+        origin = "" if None not in given else " (the size not given is the model's; give both)"
+        raise UserValueError(f"'--crop_size' {crop_size} is larger than '--input_size' {input_size}{origin}")
+    return input_size, crop_size
 
 
 def _build_custom(spec: str, num_classes: int | None) -> nn.Module:
@@ -428,6 +509,9 @@ class GenericLCAM(LCAM):
         interpolation: the resize filter of the images it expects, a torchvision
             ``InterpolationMode`` name [its ``pretrained_cfg``'s when it has one, else
             ``"bilinear"``].
+        resize_size: the Resize of the smaller edge of the images it expects, cropped to
+            ``input_size`` [floor(input_size / crop_pct) as timm's eval transform, with its
+            ``pretrained_cfg``'s ``crop_pct``, else 0.875: 256 for 224].
         **settings: ``apply_cam_to``, ``loss``, ``backbone_mode``, ``mask_loss_maps`` of
             :class:`models.lcam.LCAM`.
 
@@ -435,6 +519,7 @@ class GenericLCAM(LCAM):
         token_layout: how the layer's output maps to the N x C x h x w grid the AM reads.
         grid_reaches_output: whether the classifier's decision depends on those maps (False
             after a ViT's last block); L-CAM-Fm and the gradient baselines need it.
+        image_sizes: ``(resize_size, input_size)``, the commands' sizes when not given.
 
     Raises:
         ValueError: no such layer, an untraceable forward, a connection across the split,
@@ -452,6 +537,7 @@ class GenericLCAM(LCAM):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         interpolation: str | None = None,
+        resize_size: int | None = None,
         **settings,
     ) -> None:
         own_methods = callable(getattr(network, "feature_maps", None)) and callable(
@@ -495,6 +581,9 @@ class GenericLCAM(LCAM):
         std = config_dict.get("std") if std is None else std
         interpolation = (config_dict.get("interpolation") or "bilinear") if interpolation is None else interpolation
         interpolation_mode(interpolation)  # checks the name
+        resize_size = _resize_for(input_size, config_dict) if resize_size is None else resize_size
+        if not isinstance(resize_size, int) or resize_size < input_size:
+            raise UserValueError(f"'resize_size' must be an integer >= 'input_size' {input_size}, got {resize_size!r}")
         super().__init__(in_channels=probe.channels, num_classes=probe.num_classes, mean=mean, std=std, **settings)
         self.add_backbone_modules(network=network)
         self.layer = chosen_layer
@@ -503,6 +592,7 @@ class GenericLCAM(LCAM):
         self.backbone_weights = "unknown"
         self.input_size = input_size
         self.interpolation = interpolation
+        self.image_sizes = (resize_size, input_size)
         self.token_layout = probe.layout
         self.grid_reaches_output = probe.grid_reaches_output
         self._prefix_graph = prefix
@@ -551,12 +641,14 @@ class GenericLCAM(LCAM):
 
     def build_settings(self) -> dict[str, Any]:
         """Also the backbone's name (a torchvision name or ``package.module:callable``), the
-        split layer, the probe size, the normalisation and the resize interpolation."""
+        split layer, the probe size (the crop) and the Resize, the normalisation and the resize
+        interpolation."""
         return {
             **super().build_settings(),
             "backbone": self.backbone_name,
             "layer": self.layer,
             "input_size": self.input_size,
+            "resize_size": self.image_sizes[0],
             "mean": list(self.normalization[0]),
             "std": list(self.normalization[1]),
             "interpolation": self.interpolation,

@@ -197,10 +197,14 @@ class LCAM(nn.Module):
             :func:`models.families.register_family`); None for a class of no family.
         interpolation: the resize filter of the images the network expects (a torchvision
             ``InterpolationMode`` name), for the commands' transforms: ``"bilinear"``.
+        image_sizes: the (Resize of the smaller edge, square crop) of the images it expects,
+            the commands' ``--input_size``/``--crop_size`` when not given: the reference's
+            ``(256, 224)``.
     """
 
     arch: str = "LCAM"
     interpolation: str = "bilinear"
+    image_sizes: tuple[int, int] = (256, 224)
     family: ClassVar[BackboneFamily | None] = None
 
     def __init__(

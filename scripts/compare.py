@@ -24,13 +24,13 @@ from typing import Any
 import torch
 
 from models import ARCH_CHOICES, BackboneFamily, families, get_family
+from models.generic import resolve_image_sizes
 from utils.core.cli import (
     HelpFormatter,
     add_datalist_arguments,
     add_device_arguments,
     add_image_size_arguments,
     add_subset_arguments,
-    check_image_sizes,
     positive_int,
     run_cli,
 )
@@ -138,7 +138,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     data = parser.add_argument_group("data and protocol")
     add_datalist_arguments(data)
-    add_image_size_arguments(data)
+    add_image_size_arguments(data, from_model="the --lcam checkpoint's when there is one, as trained")
     data.add_argument("--percentages", default="0,0.5,0.85", help="fractions of pixels dropped (0 keeps 100 %%)")
     add_subset_arguments(data)
     data.add_argument(
@@ -190,7 +190,6 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
         percentages = parse_percentages(args.percentages)
     except ValueError as error:
         parser.error(f"--percentages: {error}")
-    check_image_sizes(parser, args)
     try:
         args.road_percentile_list = list(parse_road_percentiles(args.road_percentiles))
     except ValueError as error:
@@ -217,7 +216,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
 
 def _build_entries(args: argparse.Namespace, device: torch.device) -> list[Entry]:
     """The L-CAM rows, then every baseline on every classifier: the first ``--lcam``
-    checkpoint's of each backbone, or a ``--classifier``'s."""
+    checkpoint's of each backbone, or a ``--classifier``'s. The image sizes not given become
+    those of the one ``--lcam`` model (as its interpolation, see :func:`_loader_interpolation`)."""
     entries: list[Entry] = []
     classifiers: dict[str, tuple[NormalizedClassifier, str]] = {}
     for arch, path in args.lcam_list:
@@ -226,6 +226,9 @@ def _build_entries(args: argparse.Namespace, device: torch.device) -> list[Entry
         entries.append(Entry(arch, backbone, lcam_classifier(model), LCAMExplainer(model), metadata["path"]))
         if args.method_list and backbone not in classifiers:
             classifiers[backbone] = (NormalizedClassifier.from_lcam(model), f"backbone of {arch}")
+    lcam_models = [entry.explainer.model for entry in entries]
+    size_source = lcam_models[0] if len(lcam_models) == 1 else None
+    args.input_size, args.crop_size = resolve_image_sizes(args.input_size, args.crop_size, size_source)
     for name, weights in args.classifier_list:
         family = get_family(name)
         pretrained = False if weights == "none" else weights
@@ -354,10 +357,10 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     if args.limit is not None:
         samples = samples[: args.limit]
     samples = check_images_exist(samples, args.test_list, skip_missing=args.skip_missing)
+    entries = _build_entries(args, device)
     boxes = (
         load_sample_boxes(args.boxes, samples, args.img_dir, args.input_size, args.crop_size) if args.boxes else None
     )
-    entries = _build_entries(args, device)
     loader = build_eval_loader(
         samples,
         args.input_size,

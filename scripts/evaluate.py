@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from models import ARCH_CHOICES, family_of
+from models.generic import resolve_image_sizes
 from utils.core.cli import (
     REPO_ROOT,
     HelpFormatter,
@@ -23,7 +24,6 @@ from utils.core.cli import (
     add_image_size_arguments,
     add_precision_arguments,
     add_subset_arguments,
-    check_image_sizes,
     non_negative_int,
     positive_int,
     run_cli,
@@ -131,7 +131,7 @@ def get_args_parser(
     protocol.add_argument(
         "--percentages", default=None, help="several percentages in one pass sharing the plain forward, e.g. 0,0.5,0.85"
     )
-    add_image_size_arguments(protocol)
+    add_image_size_arguments(protocol, from_model="a generic checkpoint's, as trained")
     add_subset_arguments(protocol)
     protocol.add_argument(
         "--boxes",
@@ -169,7 +169,6 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
             percentages = parse_percentages([percentage])
     except ValueError as error:
         parser.error(f"--percentage(s): {error}")
-    check_image_sizes(parser, args)
     return percentages
 
 
@@ -201,6 +200,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     if not os.path.exists(args.test_list):
         raise UserFileNotFoundError(f"--test_list not found: {args.test_list!r}")
     model, metadata = load_lcam_model(args.arch, checkpoint, args.num_classes, args.backbone_weights, device)
+    args.input_size, args.crop_size = resolve_image_sizes(args.input_size, args.crop_size, model)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     samples = samples_from(args.test_list, args.img_dir, model.num_classes)

@@ -12,13 +12,13 @@ import argparse
 import os
 
 from models import ARCH_CHOICES
+from models.generic import resolve_image_sizes
 from utils.core.cli import (
     REPO_ROOT,
     HelpFormatter,
     add_device_arguments,
     add_image_size_arguments,
     add_subset_arguments,
-    check_image_sizes,
     non_negative_int,
     positive_int,
     run_cli,
@@ -69,7 +69,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--html", default=None, metavar="OUT_DIR", help="also write a browsable page of every class's map there"
     )
-    add_image_size_arguments(parser, crop="CenterCrop (the overlays' size)")
+    add_image_size_arguments(
+        parser, crop="CenterCrop (the overlays' size)", from_model="a generic checkpoint's, as trained"
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
     parser.add_argument("--colormap", default="jet", help="matplotlib colormap")
     add_subset_arguments(parser)
@@ -87,7 +89,6 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
             classes = [int(field) for field in args.classes.split(",") if field.strip()]
         except ValueError:
             parser.error(f"--classes must be comma-separated class indices, got {args.classes!r}")
-    check_image_sizes(parser, args)
     snapshot_dir = args.snapshot_dir or os.path.join(args.root_dir, "snapshots", args.arch)
     output_dir = args.output_dir or os.path.join(args.root_dir, "runs", "explain")
     ensure_writable(output_dir, "--output_dir", is_folder=True)
@@ -98,6 +99,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     samples = check_images_exist(samples, args.input, skip_missing=args.skip_missing)
     checkpoint = resolve_checkpoint(args.restore_from, snapshot_dir)
     model, metadata = load_lcam_model(args.arch, checkpoint, args.num_classes, args.backbone_weights, device)
+    args.input_size, args.crop_size = resolve_image_sizes(args.input_size, args.crop_size, model)
     names = class_names_for(model.num_classes, args.class_names)
     print(f"Explaining {len(samples)} image(s) with {args.arch} from {metadata['path']} on {device}")
     options = ExplainOptions(

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from models import ARCH_CHOICES, LCAM, families, get_family
+from models.generic import resolve_image_sizes
 from utils.core.cli import (
     HelpFormatter,
     add_datalist_arguments,
@@ -29,7 +30,6 @@ from utils.core.cli import (
     add_image_size_arguments,
     add_precision_arguments,
     add_subset_arguments,
-    check_image_sizes,
     positive_int,
     run_cli,
 )
@@ -99,7 +99,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     data = parser.add_argument_group("data")
     add_datalist_arguments(data)
-    add_image_size_arguments(data)
+    add_image_size_arguments(data, from_model="the --lcam checkpoint's, as trained")
     add_subset_arguments(data)
     parser.set_defaults(limit=DEFAULT_IMAGES)
 
@@ -141,7 +141,6 @@ def _split_pair(text: str | None, flag: str, parser: argparse.ArgumentParser) ->
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    check_image_sizes(parser, args)
     args.method_list = parse_methods(args.methods)
     args.lcam_pair = _split_pair(args.lcam, "--lcam", parser)
     args.classifier_pair = _split_pair(args.classifier, "--classifier", parser)
@@ -205,6 +204,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     samples = samples_from(args.test_list, args.img_dir, args.num_classes)[: args.limit]
     samples = check_images_exist(samples, args.test_list, skip_missing=args.skip_missing)
     network, build_entries = _subject(args, device)
+    args.input_size, args.crop_size = resolve_image_sizes(args.input_size, args.crop_size, network)
     interpolation = network.interpolation if isinstance(network, LCAM) else "bilinear"
     loader = build_eval_loader(
         samples, args.input_size, args.crop_size, args.batch_size, args.num_workers, device, interpolation=interpolation

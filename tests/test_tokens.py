@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 
 import pytest
@@ -21,8 +22,10 @@ from utils.training.optim import build_optimizer
 timm = pytest.importorskip("timm")
 
 
-def _tiny_timm(name: str, num_classes: int, **options) -> nn.Module:
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=32, embed_dim=16, **options)
+def _tiny_timm(name: str, num_classes: int, img_size: int = 32, **options) -> nn.Module:
+    return timm.create_model(
+        name, pretrained=False, num_classes=num_classes, img_size=img_size, embed_dim=16, **options
+    )
 
 
 def tiny_deit(num_classes: int = 5) -> nn.Module:
@@ -320,3 +323,128 @@ def test_timm_interpolation_is_recorded_and_used(tmp_path):
     assert torch.equal(eval_transform(36, 32)(image), reference())
     assert not torch.equal(reference(transforms.InterpolationMode.BICUBIC), reference())
     assert train_transform(36, 32, "bicubic")(image).shape == (3, 32, 32)
+
+
+TIMM_48PX = "timm:deit_tiny_distilled_patch16_224"
+
+
+@pytest.fixture
+def timm_48px(monkeypatch):
+    """``timm:deit_tiny_distilled_patch16_224`` as a tiny DeiT of fixed size 48 px whose data
+    config asks for 48 px crops of a 53 px Resize (crop_pct 0.9, 48 / 0.9 = 53.3), without
+    downloads. Returns the config, to change it."""
+    config = dataclasses.replace(timm.get_pretrained_cfg(TIMM_48PX[5:]), input_size=(3, 48, 48), crop_pct=0.9)
+    original_config, original_create = timm.get_pretrained_cfg, timm.create_model
+
+    def create_model(name, pretrained=False, **options):
+        if "img_size" in options:  # the tests' own tiny networks
+            return original_create(name, pretrained=pretrained, **options)
+        tiny = {"img_size": 48, "embed_dim": 16, "patch_size": 8, "depth": 2, "num_heads": 2}
+        network = original_create(name.split(".")[0], pretrained=False, **tiny, **options)
+        network.pretrained_cfg = config.to_dict()
+        return network
+
+    def get_pretrained_cfg(name, *args, **kwargs):
+        return config if name.startswith(TIMM_48PX[5:]) else original_config(name, *args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    monkeypatch.setattr(timm, "get_pretrained_cfg", get_pretrained_cfg)
+    return config
+
+
+def test_image_sizes_from_timm_data_config(timm_48px, monkeypatch):
+    """The sizes not given come from timm's data config (crop = input_size, Resize =
+    floor(crop / crop_pct), as timm's eval transform); a size given wins; other backbones and
+    the reference variants keep 256 / 224."""
+    import train_L_CAM
+    from models.generic import backbone_image_sizes, resolve_image_sizes
+    from models.lcam import LCAM
+
+    assert backbone_image_sizes(TIMM_48PX) == (53, 48)
+    assert resolve_image_sizes(None, None, TIMM_48PX) == (53, 48)
+    assert resolve_image_sizes(64, None, TIMM_48PX) == (64, 48)
+    assert resolve_image_sizes(None, 40, TIMM_48PX) == (53, 40)
+    assert resolve_image_sizes(60, 52, TIMM_48PX) == (60, 52)
+    assert backbone_image_sizes("timm:deit_small_patch16_224") == (248, 224)  # timm's own config: crop_pct 0.9
+    assert backbone_image_sizes("timm:resnet10t") == (201, 176)  # 176 / 0.875
+    assert backbone_image_sizes("timm:convnext_tiny", "in12k_ft_in1k_384") == (384, 384)  # the tag's config
+    for source in ("resnet18", "tests.test_tokens:tiny_deit", None, LCAM, tiny_vit()):
+        assert resolve_image_sizes(None, None, source) == (256, 224)
+    with pytest.raises(ValueError, match="'--crop_size' 60 is larger than '--input_size' 53 .the size not given"):
+        resolve_image_sizes(None, 60, TIMM_48PX)
+    # a model records its sizes: the probe as the crop, timm's Resize for it unless given
+    assert GenericLCAM(tiny_deit(), input_size=32).image_sizes == (35, 32)  # the DeiT's crop_pct 0.9
+    assert GenericLCAM(tiny_vit(), input_size=32).image_sizes == (36, 32)  # 0.875, as 256 for 224
+    assert GenericLCAM(tiny_vit(), input_size=32, resize_size=40).build_settings()["resize_size"] == 40
+    with pytest.raises(ValueError, match="'resize_size' must be an integer >= 'input_size' 32, got 30"):
+        GenericLCAM(tiny_vit(), input_size=32, resize_size=30)
+
+    def train_sizes(*flags):
+        parsed = train_L_CAM.get_args_parser().parse_args([*flags, "--train_list", "x.txt"])
+        args = train_L_CAM.resolve_defaults(parsed)
+        return args.input_size, args.crop_size
+
+    assert train_sizes("--arch", "generic", "--backbone", TIMM_48PX) == (53, 48)
+    assert train_sizes("--arch", "generic", "--backbone", TIMM_48PX, "--input_size", "64") == (64, 48)
+    assert train_sizes("--arch", "generic", "--backbone", "resnet18") == (256, 224)
+    assert train_sizes("--arch", "generic") == (256, 224)
+    assert train_sizes("--arch", "VGG16_L_CAM_Img") == (256, 224)
+    monkeypatch.setattr(timm_48px, "input_size", (3, 64, 48))
+    with pytest.raises(ValueError, match="asks for 64 x 48 images, but the commands crop squares"):
+        train_sizes("--arch", "generic", "--backbone", TIMM_48PX)
+    assert train_sizes("--arch", "generic", "--backbone", TIMM_48PX, "--input_size", "60", "--crop_size", "48") == (
+        60,
+        48,
+    )
+
+
+@pytest.mark.filterwarnings("ignore:.*head-only checkpoint trained on a randomly initialised backbone")
+def test_commands_take_image_sizes_from_timm_data_config(timm_48px, jpeg_tree, tmp_path, one_thread):
+    """A timm model of fixed size 48 px, no size flags: training resizes to 53 and crops 48 (timm's
+    data config) and records both; evaluation, explanation and comparison use the checkpoint's
+    sizes, and so do the sanity checks (at 256 / 224 the network would refuse the images)."""
+    import json
+
+    from PIL import Image
+
+    import train_L_CAM
+    from scripts import compare, explain, sanity
+    from scripts.evaluate import get_args_parser as evaluation_parser
+    from scripts.evaluate import main as evaluation_main
+
+    root, datalist, _ = jpeg_tree(classes=5, per_class=1, size=(40, 44))
+    snapshots = tmp_path / "snap"
+    common = ["--num_classes", "5", "--num_workers", "0", "--device", "cpu", "--batch_size", "5"]
+    train_args = ["--arch", "generic", "--backbone", TIMM_48PX, "--backbone_weights", "none", *common]
+    train_args += ["--train_list", str(datalist), "--img_dir", str(root), "--snapshot_dir", str(snapshots)]
+    train_args += ["--epoch", "1", "--no_progress"]
+    with pytest.warns(UserWarning, match="the head starts from random weights"):
+        train_L_CAM.main(train_L_CAM.get_args_parser().parse_args(train_args))
+    (checkpoint,) = snapshots.glob("lcam_*.pth.tar")
+    settings = torch.load(checkpoint, weights_only=True)["settings"]
+    assert (settings["backbone"], settings["input_size"], settings["resize_size"]) == (TIMM_48PX, 48, 53)
+
+    output = tmp_path / "ad_ic.json"
+    evaluation = ["--arch", "generic", "--restore_from", str(checkpoint), "--test_list", str(datalist)]
+    evaluation += ["--img_dir", str(root), *common, "--percentages", "0", "--output", str(output)]
+    evaluation_main(evaluation_parser("generic").parse_args(evaluation))
+    run_args = json.loads(output.read_text())["run"]["args"]
+    assert (run_args["input_size"], run_args["crop_size"]) == (53, 48)
+
+    explained = tmp_path / "explained"
+    explain_args = ["--arch", "generic", "--restore_from", str(checkpoint), "--input", str(root), "--topk", "1"]
+    explain.main(explain.get_args_parser().parse_args([*explain_args, "--output_dir", str(explained)]))
+    overlays = sorted(explained.rglob("*.png"))
+    assert overlays and Image.open(overlays[0]).size == (48, 48)
+
+    compared = tmp_path / "compared"
+    compare_args = ["--lcam", f"generic={checkpoint}", "--methods", "", "--test_list", str(datalist)]
+    compare_args += ["--img_dir", str(root), *common, "--output_dir", str(compared), "--no_progress"]
+    compare.main(compare.get_args_parser().parse_args([*compare_args, "--figure_images", "1"]))
+    assert list(compared.glob("*.csv"))
+
+    checked = tmp_path / "sanity"
+    sanity_args = ["--lcam", f"generic={checkpoint}", "--methods", "", "--test_list", str(datalist), "--img_dir"]
+    sanity_args += [str(root), *common, "--output_dir", str(checked), "--no_progress", "--no_label_test"]
+    sanity.main(sanity.get_args_parser().parse_args(sanity_args))
+    assert (checked / "sanity.csv").is_file()

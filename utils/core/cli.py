@@ -25,7 +25,6 @@ __all__ = [
     "add_image_size_arguments",
     "add_precision_arguments",
     "add_subset_arguments",
-    "check_image_sizes",
     "fraction",
     "non_negative_int",
     "one_line_warnings",
@@ -86,16 +85,23 @@ def fraction(text: str) -> float:
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
 
-def add_image_size_arguments(group: argparse._ActionsContainer, crop: str = "CenterCrop") -> None:
-    """``--input_size`` (Resize of the smaller edge, 256) and ``--crop_size`` (``crop``, 224)."""
-    group.add_argument("--input_size", type=positive_int, default=256, help="Resize of the smaller image edge")
-    group.add_argument("--crop_size", type=positive_int, default=224, help=crop)
+def add_image_size_arguments(
+    group: argparse._ActionsContainer, crop: str = "CenterCrop", from_model: str | None = None
+) -> None:
+    """``--input_size`` (Resize of the smaller edge, 256) and ``--crop_size`` (``crop``, 224).
 
+    ``from_model``: whose sizes the flags not given take, for the help (e.g. ``"the
+    checkpoint's"``); their default is then None, resolved by the command (see
+    :func:`models.generic.resolve_image_sizes`)."""
 
-def check_image_sizes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """A parser error when ``--crop_size`` is larger than ``--input_size``."""
-    if args.crop_size > args.input_size:
-        parser.error(f"--crop_size {args.crop_size} is larger than --input_size {args.input_size}")
+    def flag(name: str, size: int, text: str) -> None:
+        if from_model is None:
+            group.add_argument(name, type=positive_int, default=size, help=text)
+        else:
+            group.add_argument(name, type=positive_int, default=None, help=f"{text} [{from_model}; else {size}]")
+
+    flag("--input_size", 256, "Resize of the smaller image edge")
+    flag("--crop_size", 224, crop)
 
 
 def add_datalist_arguments(group: argparse._ActionsContainer) -> None:
