@@ -40,3 +40,16 @@ def test_unknown_network_is_one_line(tmp_path, run_command):
         small_data.main, small_data.get_args_parser(), ["--output_dir", str(tmp_path), "--networks", "vgg"]
     )
     assert status == 2 and "--networks: unknown ['vgg']; valid: demo-cnn, resnet18, resnet18-small" in err
+
+
+def test_resnet18_for_small_images_keeps_a_4x4_grid_at_64_px():
+    import torch
+
+    from models.generic import GenericLCAM, load_network
+
+    spec, layer = small_data.NETWORKS["resnet18-small"]
+    network, _ = load_network(spec, pretrained=False, num_classes=6)
+    model = GenericLCAM(network, layer=layer, input_size=64, backbone_mode="frozen").eval()
+    with torch.no_grad():
+        maps = model.feature_maps(model.normalize(torch.rand(1, 3, 64, 64)))
+    assert maps.shape == (1, 512, 4, 4)  # torchvision's ResNet-18 gives 2 x 2 here
