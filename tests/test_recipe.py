@@ -165,6 +165,18 @@ def test_best_tracker_and_plateau():
         BestTracker("top1")
 
 
+def test_best_tracker_warns_once_when_training_is_worse_than_the_start():
+    tracker = BestTracker("masked_accuracy")
+    assert tracker.worse_than_start_message({"epoch": 0, "val_ad": 50.0, "val_ic": 0.0}) is None  # no start
+    tracker.set_start({"val_ad": 10.0, "val_ic": 20.0})
+    assert tracker.worse_than_start_message({"epoch": 0, "val_ad": 12.0, "val_ic": 21.0}) is None  # IC better
+    assert tracker.worse_than_start_message({"epoch": 1, "val_ad": 9.0, "val_ic": 19.0}) is None  # AD better
+    message = tracker.worse_than_start_message({"epoch": 2, "val_ad": 19.0, "val_ic": 17.0})
+    assert message.startswith("warning: after epoch 3 the held-out AD / IC at 100 % (19.0 / 17.0)")
+    assert "(10.0 / 20.0)" in message and "--best_by ad" in message and "docs/small-data.md" in message
+    assert tracker.worse_than_start_message({"epoch": 3, "val_ad": 30.0, "val_ic": 5.0}) is None  # one line only
+
+
 def test_generic_run_with_val_list_reports_keeps_best_and_plots(jpeg_tree, tmp_path, capsys, one_thread):
     root, datalist, _ = jpeg_tree()
     snapshot = tmp_path / "snap"
@@ -186,7 +198,10 @@ def test_generic_run_with_val_list_reports_keeps_best_and_plots(jpeg_tree, tmp_p
 
     assert os.path.basename(find_newest_checkpoint(str(snapshot))).startswith("lcam_epoch_1_")
     captured = capsys.readouterr()
-    assert "held-out: masked_accuracy" in captured.out
+    assert "held-out: masked_accuracy" in captured.out and "held-out before training: masked_accuracy" in captured.out
+    with open(snapshot / "train_log.json", encoding="utf-8") as handle:
+        start = json.load(handle)["held_out_start"]
+    assert all(math.isfinite(start[key]) for key in ("val_masked_accuracy", "val_ad", "val_ic", "val_loss"))
     # the custom CNN ends with pooling and one linear layer: the recipe started from it
     checkpoint = torch.load(next(snapshot.glob("lcam_epoch_0_*.pth.tar")), weights_only=True)
     assert checkpoint["args"]["head_init"] == "classifier" and checkpoint["args"]["optimizer"] == "adamw"

@@ -224,3 +224,38 @@ def test_train_transform_flips_only_with_hflip(hflip):
     mirrored = sum(torch.equal(output, to_tensor(image).flip(-1)) for output in outputs)
     assert mirrored + sum(torch.equal(output, to_tensor(image)) for output in outputs) == 16
     assert (mirrored > 0) == hflip
+
+
+def _scripted_held_out(scores):
+    """A held-out check that returns ``scores`` in turn (the start first), recording each call."""
+    calls = []
+
+    def validate(model):
+        calls.append(model.training)
+        return {"val_masked_accuracy": 90.0, **scores[len(calls) - 1]}
+
+    return validate, calls
+
+
+def test_held_out_start_is_scored_logged_and_warned_against(tmp_path, capsys):
+    import json
+
+    model = tiny_lcam(num_classes=3).train()
+    batch = [(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0]))]
+    # start AD/IC 5 / 20; epoch 1 only AD worse, epoch 2 both worse, epoch 3 both worse again
+    scores = [{"val_ad": 5.0, "val_ic": 20.0}, {"val_ad": 6.0, "val_ic": 21.0}, {"val_ad": 9.0, "val_ic": 15.0}]
+    validate, calls = _scripted_held_out([*scores, {"val_ad": 11.0, "val_ic": 9.0}])
+    options = TrainOptions(device=CPU, snapshot_dir=str(tmp_path), progress=False, validate=validate)
+    fit(model, batch, build_optimizer(model, 1e-4), 3, options)
+    captured = capsys.readouterr()
+    assert len(calls) == 4 and "held-out before training: masked_accuracy 90.000  ad 5.000  ic 20.000" in captured.out
+    warning = "warning: after epoch 2 the held-out AD / IC at 100 % (9.0 / 15.0) are both worse than the head's"
+    assert warning in captured.err and captured.err.count("worse than the head's before training") == 1
+    with open(tmp_path / "train_log.json", encoding="utf-8") as handle:
+        assert json.load(handle)["held_out_start"] == {"val_masked_accuracy": 90.0, "val_ad": 5.0, "val_ic": 20.0}
+
+    # resumed: the start comes from the log (not scored again), and the warning still fires
+    validate, calls = _scripted_held_out([{"val_ad": 12.0, "val_ic": 8.0}])
+    options = TrainOptions(device=CPU, snapshot_dir=str(tmp_path), progress=False, validate=validate)
+    fit(model, batch, build_optimizer(model, 1e-4), 4, options, TrainState(epoch=3, global_counter=3))
+    assert len(calls) == 1 and "both worse than the head's before training (5.0 / 20.0)" in capsys.readouterr().err

@@ -79,6 +79,13 @@ class RunLog:
         self._write_json()
         self._write_csv()
 
+    def set_start(self, scores: dict[str, Any]) -> None:
+        """Record the held-out scores of the head before training (``held_out_start``)."""
+        if not self.enabled:
+            return
+        self.log["held_out_start"] = scores
+        self._write_json()
+
     def _write_json(self) -> None:
         write_json(self.json_path, self.log, indent=2)
 

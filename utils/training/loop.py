@@ -413,9 +413,27 @@ def _report_held_out(summary: dict[str, Any], tracker: BestTracker, snapshot_dir
     if is_best and snapshot_dir and summary.get("checkpoint"):
         keep_best(summary["checkpoint"], snapshot_dir)
     report_validation(summary, is_best)
-    message = tracker.plateau_message()
-    if message:
-        print(message, file=sys.stderr, flush=True)
+    for message in (tracker.plateau_message(), tracker.worse_than_start_message(summary)):
+        if message:
+            print(message, file=sys.stderr, flush=True)
+
+
+def _check_start(
+    model: nn.Module, options: TrainOptions, tracker: BestTracker, log: RunLog | None, state: TrainState
+) -> None:
+    """Score the head on the held-out images before its first step (kept in the log as
+    ``held_out_start``; a resumed run takes it from there, or goes without), for the warning
+    of :meth:`BestTracker.worse_than_start_message`."""
+    if log is not None and log.enabled and "held_out_start" in log.log:
+        tracker.set_start(log.log["held_out_start"])
+        return
+    if state.epoch or state.global_counter:  # resumed from a run that did not record its start
+        return
+    start = options.validate(model)
+    report_validation(start, False, "held-out before training")
+    tracker.set_start(start)
+    if log is not None:
+        log.set_start(start)
 
 
 def _stopped(global_counter: int, dist: DistributedContext) -> None:
@@ -471,6 +489,8 @@ def fit(
         writer.supersede(state.resumed_mid_epoch_from)
     earlier = [entry for entry in log.log["epochs"] if entry["epoch"] < state.epoch] if log and log.enabled else []
     tracker = BestTracker(options.best_by, options.plateau_epochs, earlier) if options.validate else None
+    if tracker is not None and dist.is_main and state.epoch < epochs:
+        _check_start(model, options, tracker, log, state)
     summaries = []
     while state.epoch < epochs:
         epoch = state.epoch

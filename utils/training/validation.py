@@ -1,5 +1,6 @@
-"""Whether training learns: each epoch scored on held-out images, the best checkpoint kept, a
-plateau of the masked-image accuracy flagged, the curves drawn to a PNG."""
+"""Whether training learns: the head scored on held-out images before training and after each
+epoch, the best checkpoint kept, a plateau of the masked-image accuracy and maps worse than
+the start flagged, the curves drawn to a PNG."""
 
 from __future__ import annotations
 
@@ -127,6 +128,8 @@ class BestTracker:
         self.best_accuracy: float | None = None
         self.since_better = 0
         self.warned = False
+        self.start: dict[str, Any] | None = None  # the held-out scores before the first step
+        self.warned_worse = False
         for summary in earlier:
             self.update(summary)
         self.warned = self.since_better >= plateau_epochs > 0
@@ -146,6 +149,30 @@ class BestTracker:
         if better:
             self.best = value
         return better
+
+    def set_start(self, scores: dict[str, Any]) -> None:
+        """Take the held-out scores of the head before training (its initialisation)."""
+        self.start = dict(scores)
+
+    def worse_than_start_message(self, summary: dict[str, Any]) -> str | None:
+        """One line, the first time an epoch's held-out AD at 100 % is higher and its IC lower
+        than the head's before training (both worse than the start, e.g. the classifier's
+        CAM); None otherwise."""
+        if self.warned_worse or self.start is None:
+            return None
+        keys = ("val_ad", "val_ic")
+        if any(not isinstance(source.get(key), (int, float)) for source in (summary, self.start) for key in keys):
+            return None
+        if not (summary["val_ad"] > self.start["val_ad"] and summary["val_ic"] < self.start["val_ic"]):
+            return None
+        self.warned_worse = True
+        return (
+            f"warning: after epoch {summary.get('epoch', 0) + 1} the held-out AD / IC at 100 % "
+            f"({summary['val_ad']:.1f} / {summary['val_ic']:.1f}) are both worse than the head's before training "
+            f"({self.start['val_ad']:.1f} / {self.start['val_ic']:.1f}): training moves the maps away from a better "
+            f"start; fewer steps or a lower --lr keep more of it, --best_by ad keeps the epoch with the lowest AD; "
+            f"see {SMALL_DATA_DOC}"
+        )
 
     def plateau_message(self) -> str | None:
         """One line, the first time the masked-image accuracy has not improved for
@@ -168,11 +195,11 @@ def keep_best(checkpoint: str, snapshot_dir: str) -> str:
     return target
 
 
-def report_validation(summary: dict[str, Any], is_best: bool) -> None:
-    """Print an epoch's held-out scores in one line."""
+def report_validation(summary: dict[str, Any], is_best: bool, label: str = "held-out") -> None:
+    """Print an epoch's held-out scores in one line, after ``label``."""
     names = ("val_masked_accuracy", "val_ad", "val_ic", "val_loss", "val_ce", "val_area", "val_smoothness")
     parts = [f"{name[4:]} {summary[name]:.3f}" for name in names if name in summary]
-    print(f"  held-out: {'  '.join(parts)}" + ("  (best so far)" if is_best else ""), file=sys.stdout, flush=True)
+    print(f"  {label}: {'  '.join(parts)}" + ("  (best so far)" if is_best else ""), file=sys.stdout, flush=True)
 
 
 def save_training_curves(epochs: Sequence[dict[str, Any]], path: str | os.PathLike) -> str:
