@@ -255,8 +255,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     held_out.add_argument(
         "--best_by",
         choices=tuple(BEST_BY),
-        default="masked_accuracy",
-        help="criterion of lcam_best.pth.tar: held-out masked-image accuracy, AD (lowest), IC or loss (lowest)",
+        default=None,
+        help="criterion of lcam_best.pth.tar: held-out masked-image accuracy, AD (lowest), IC or loss (lowest) "
+        "[the recipe's: masked_accuracy (reference), ad (small-data)]",
     )
     held_out.add_argument(
         "--plateau_epochs",

@@ -130,11 +130,13 @@ def test_recipe_defaults_per_arch_and_overrides():
         0,
     )
     assert (reference.head_init, reference.mask_loss_maps, reference.backbone_mode) == ("random", "batch", "reference")
+    assert reference.best_by == "masked_accuracy"  # the held-out check keeps its criterion of before
     generic = _resolved("--arch", "generic")
     assert generic.recipe == "small-data"
     for name, value in RECIPES["small-data"].as_dict().items():
         assert getattr(generic, name) == value, name
     assert (generic.head_init, generic.mask_loss_maps, generic.backbone_mode) == ("classifier", "own", "frozen")
+    assert generic.best_by == "ad" and _resolved("--arch", "generic", "--best_by", "ic").best_by == "ic"
     overridden = _resolved("--arch", "generic", "--lr", "0.01", "--head_init", "random", "--warmup_steps", "0")
     assert (overridden.lr, overridden.head_init, overridden.warmup_steps, overridden.optimizer) == (
         0.01,

@@ -11,8 +11,10 @@ mode.
 behind it): the head starts from the classifier's last linear layer where the network ends
 with global pooling and one linear layer (its initial maps are the classifier's CAM), AdamW
 at a plain lr with a cosine decay by optimiser steps (not by epochs), the area and smoothness
-terms warmed up linearly over the first steps, each image's own-label map in the loss and the
-classifier's BatchNorm/Dropout kept in eval mode.
+terms warmed up linearly over the first steps, each image's own-label map in the loss, the
+classifier's BatchNorm/Dropout kept in eval mode, and, with a held-out list, the epoch of
+lowest held-out AD kept as the best (from that start the masked-image accuracy is saturated
+from the first epoch on, so it cannot tell the epochs apart).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Recipe:
     mask_loss_maps: str
     backbone_mode: str
     weight_decay: float
+    best_by: str
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +77,7 @@ RECIPES: dict[str, Recipe] = {
         mask_loss_maps="batch",
         backbone_mode="reference",
         weight_decay=5e-4,
+        best_by="masked_accuracy",
     ),
     "small-data": Recipe(
         optimizer="adamw",
@@ -85,6 +89,7 @@ RECIPES: dict[str, Recipe] = {
         mask_loss_maps="own",
         backbone_mode="frozen",
         weight_decay=0.0,
+        best_by="ad",
     ),
 }
 
