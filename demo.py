@@ -85,7 +85,7 @@ QUICK = {
     "eval_images": 48,
     "rise_masks": 64,
     "rise_images": 8,
-    "road_images": 8,
+    "road_images": 4,
 }
 # --backbone vit: a ViT needs more canvases and a gentler lr than the CNN to reach 95 %; Score-CAM
 # (one forward per token channel) and the reference-map heads are left out to keep it short.
