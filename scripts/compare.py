@@ -37,7 +37,7 @@ from utils.core.cli import (
 from utils.core.errors import closest_names
 from utils.core.files import ensure_writable, write_json
 from utils.core.runtime import AMP_CHOICES, resolve_device, seed_everything
-from utils.data.datalists import check_images_exist, samples_from
+from utils.data.datalists import evaluation_samples
 from utils.evaluation import (
     LCAMExplainer,
     build_eval_loader,
@@ -353,10 +353,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         ensure_writable(rise_mask_dir(args), "--rise_mask_dir", is_folder=True)
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    samples = samples_from(args.test_list, args.img_dir, args.num_classes)
-    if args.limit is not None:
-        samples = samples[: args.limit]
-    samples = check_images_exist(samples, args.test_list, skip_missing=args.skip_missing)
+    samples = evaluation_samples(args.test_list, args.img_dir, args.num_classes, args.limit, args.skip_missing)
     entries = _build_entries(args, device)
     boxes = (
         load_sample_boxes(args.boxes, samples, args.img_dir, args.input_size, args.crop_size) if args.boxes else None

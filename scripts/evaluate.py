@@ -36,7 +36,7 @@ from utils.core.runtime import (
     configure_backends,
     resolve_device,
 )
-from utils.data.datalists import check_images_exist, samples_from
+from utils.data.datalists import evaluation_samples
 from utils.evaluation import (
     EvaluationResult,
     LCAMExplainer,
@@ -203,10 +203,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     args.input_size, args.crop_size = resolve_image_sizes(args.input_size, args.crop_size, model)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    samples = samples_from(args.test_list, args.img_dir, model.num_classes)
-    if args.limit is not None:
-        samples = samples[: args.limit]
-    samples = check_images_exist(samples, args.test_list, skip_missing=args.skip_missing)
+    samples = evaluation_samples(args.test_list, args.img_dir, model.num_classes, args.limit, args.skip_missing)
     boxes = (
         load_sample_boxes(args.boxes, samples, args.img_dir, args.input_size, args.crop_size) if args.boxes else None
     )

@@ -36,7 +36,7 @@ from utils.core.cli import (
 from utils.core.errors import closest_names
 from utils.core.files import ensure_writable
 from utils.core.runtime import resolve_device, seed_everything
-from utils.data.datalists import check_images_exist, samples_from
+from utils.data.datalists import evaluation_samples
 from utils.evaluation import LCAMExplainer, build_eval_loader, lcam_classifier, load_lcam_model, warn_unreadable
 from utils.evaluation.comparison import (
     Entry,
@@ -201,8 +201,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         ensure_writable(rise_mask_dir(args), "--rise_mask_dir", is_folder=True)
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    samples = samples_from(args.test_list, args.img_dir, args.num_classes)[: args.limit]
-    samples = check_images_exist(samples, args.test_list, skip_missing=args.skip_missing)
+    samples = evaluation_samples(args.test_list, args.img_dir, args.num_classes, args.limit, args.skip_missing)
     network, build_entries = _subject(args, device)
     args.input_size, args.crop_size = resolve_image_sizes(args.input_size, args.crop_size, network)
     interpolation = network.interpolation if isinstance(network, LCAM) else "bilinear"

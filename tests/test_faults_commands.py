@@ -190,7 +190,7 @@ def test_evaluation_skip_missing_runs_on_and_names_unreadable_images(checkpoint,
 
 def test_compare_misspelled_method_fails_before_any_model_or_image(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare, "load_lcam_model", _fails_if_called)
-    monkeypatch.setattr(compare, "samples_from", _fails_if_called)
+    monkeypatch.setattr(compare, "evaluation_samples", _fails_if_called)
     argv = ["--lcam", "generic=x", "--methods", "gradcam,gradcm", "--test_list", "x"]
     argv += ["--output_dir", str(tmp_path / "cmp")]
     assert _exit_status(run_cli, compare.main, compare.get_args_parser(), argv) == 2

@@ -37,6 +37,7 @@ __all__ = [
     "read_datalist",
     "sample_seed",
     "samples_from",
+    "evaluation_samples",
     "train_transform",
 ]
 
@@ -166,6 +167,19 @@ def check_images_exist(
         else "check --img_dir, or pass --skip_missing to go on without them"
     )
     raise UserFileNotFoundError(f"{place(missing[0])}: image not found: {first_path!r}; {counted}{others}; {way_on}")
+
+
+def evaluation_samples(
+    source: str | os.PathLike,
+    img_dir: str | os.PathLike = "",
+    num_classes: int | None = None,
+    limit: int | None = None,
+    skip_missing: bool = False,
+) -> list[Sample]:
+    """The first ``limit`` (all when None) samples of a datalist or class folder
+    (:func:`samples_from`), their image files checked (:func:`check_images_exist`): the
+    images an evaluation command runs on."""
+    return check_images_exist(samples_from(source, img_dir, num_classes)[:limit], source, skip_missing=skip_missing)
 
 
 def _datalist_line_numbers(source: str, entries: int) -> list[int] | None:
