@@ -256,7 +256,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--best_by",
         choices=tuple(BEST_BY),
         default=None,
-        help="criterion of lcam_best.pth.tar: held-out masked-image accuracy, AD (lowest), IC or loss (lowest) "
+        help="criterion of lcam_best.pth.tar: held-out masked-image accuracy, AD (lowest), IC or loss (lowest); "
+        "with --head_init classifier the head before training competes too "
         "[the recipe's: masked_accuracy (reference), ad (small-data)]",
     )
     held_out.add_argument(
@@ -474,6 +475,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         step_schedule=step_schedule,
         validate=_held_out_check(val_samples, args, device, model.interpolation),
         best_by=args.best_by,
+        start_is_candidate=args.head_init == "classifier",
         plateau_epochs=args.plateau_epochs,
         term_gradients=TermGradientProbe(args.log_term_gradients) if args.log_term_gradients else None,
     )

@@ -202,8 +202,13 @@ def test_generic_run_with_val_list_reports_keeps_best_and_plots(jpeg_tree, tmp_p
     captured = capsys.readouterr()
     assert "held-out: masked_accuracy" in captured.out and "held-out before training: masked_accuracy" in captured.out
     with open(snapshot / "train_log.json", encoding="utf-8") as handle:
-        start = json.load(handle)["held_out_start"]
+        log = json.load(handle)
+    start = log["held_out_start"]
     assert all(math.isfinite(start[key]) for key in ("val_masked_accuracy", "val_ad", "val_ic", "val_loss"))
+    # the head started from the classifier, so its start competed for the best by IC (first of equals wins)
+    candidates = [(start["val_ic"], -1)] + [(entry["val_ic"], entry["epoch"]) for entry in log["epochs"]]
+    expected = max(candidates, key=lambda candidate: (candidate[0], -candidates.index(candidate)))[1]
+    assert torch.load(snapshot / BEST_NAME, weights_only=True)["epoch"] == expected
     # the custom CNN ends with pooling and one linear layer: the recipe started from it
     checkpoint = torch.load(next(snapshot.glob("lcam_epoch_0_*.pth.tar")), weights_only=True)
     assert checkpoint["args"]["head_init"] == "classifier" and checkpoint["args"]["optimizer"] == "adamw"
@@ -222,3 +227,21 @@ def test_lr_schedules_by_name():
     assert optimizer.param_groups[0]["lr"] == 0.1
     with pytest.raises(ValueError, match="'lr_schedule' must be one of epoch-decay, cosine-steps"):
         lr_schedules("linear", 10)
+
+
+def test_best_tracker_takes_the_start_as_a_candidate_only_when_asked():
+    tracker = BestTracker("ad")
+    assert not tracker.set_start({"val_ad": 10.0, "val_ic": 20.0})  # not a candidate: the epochs only
+    assert tracker.update({"val_ad": 12.0}) and tracker.start_kept_message() is None
+    tracker = BestTracker("ad")
+    assert tracker.set_start({"val_ad": 10.0, "val_ic": 20.0}, candidate=True)
+    assert not tracker.update({"val_ad": 12.0}) and not tracker.update({"val_ad": 10.0})  # equal is not better
+    message = tracker.start_kept_message()
+    assert message.startswith("note: no epoch beat the head before training on the held-out ad (10.000)")
+    assert BEST_NAME in message
+    assert tracker.update({"val_ad": 9.5}) and tracker.start_kept_message() is None
+    # resumed: the epochs already trained come first, the start from the log after them
+    resumed = BestTracker("ic", 3, [{"val_ic": 18.0}])
+    assert not resumed.set_start({"val_ic": 17.0}, candidate=True) and resumed.best == 18.0
+    assert BestTracker("ic", 3, [{"val_ic": 18.0}]).set_start({"val_ic": 19.0}, candidate=True)
+    assert not BestTracker("ad").set_start({"val_ic": 19.0}, candidate=True)  # no AD in the start: no candidate

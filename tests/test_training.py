@@ -259,3 +259,50 @@ def test_held_out_start_is_scored_logged_and_warned_against(tmp_path, capsys):
     options = TrainOptions(device=CPU, snapshot_dir=str(tmp_path), progress=False, validate=validate)
     fit(model, batch, build_optimizer(model, 1e-4), 4, options, TrainState(epoch=3, global_counter=3))
     assert len(calls) == 1 and "both worse than the head's before training (5.0 / 20.0)" in capsys.readouterr().err
+
+
+def _head_weights(model):
+    return {key: value.clone() for key, value in model.trainable_state_dict().items()}
+
+
+def test_start_kept_as_best_until_an_epoch_beats_it(tmp_path, capsys):
+    from utils.training.validation import BEST_NAME
+
+    model = tiny_lcam(num_classes=3).train()
+    initial = _head_weights(model)
+    batch = [(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0]))]
+    best = tmp_path / BEST_NAME
+    # AD: start 5, then 6 and 7: no epoch beats the start, which stays lcam_best.pth.tar
+    validate, _ = _scripted_held_out([{"val_ad": 5.0, "val_ic": 20.0}, {"val_ad": 6.0}, {"val_ad": 7.0}])
+    options = TrainOptions(
+        device=CPU, snapshot_dir=str(tmp_path), progress=False, validate=validate, best_by="ad", start_is_candidate=True
+    )
+    fit(model, batch, build_optimizer(model, 1e-2), 2, options)
+    kept = torch.load(best, weights_only=True)
+    assert (kept["epoch"], kept["global_counter"], kept["summary"]["val_ad"]) == (-1, 0, 5.0)
+    assert all(torch.equal(kept["state_dict"][key], value) for key, value in initial.items())
+    assert not all(torch.equal(model.trainable_state_dict()[key], value) for key, value in initial.items())
+    captured = capsys.readouterr()
+    assert "held-out before training: masked_accuracy 90.000  ad 5.000  ic 20.000  (best so far)" in captured.out
+    assert "note: no epoch beat the head before training on the held-out ad (5.000)" in captured.out
+
+    # resumed for a third epoch that beats the start: it replaces the start as the best
+    validate, calls = _scripted_held_out([{"val_ad": 4.0}])
+    options = TrainOptions(
+        device=CPU, snapshot_dir=str(tmp_path), progress=False, validate=validate, best_by="ad", start_is_candidate=True
+    )
+    fit(model, batch, build_optimizer(model, 1e-2), 3, options, TrainState(epoch=2, global_counter=2))
+    kept = torch.load(best, weights_only=True)
+    assert len(calls) == 1 and (kept["epoch"], kept["summary"]["val_ad"]) == (2, 4.0)
+    assert "note: no epoch beat" not in capsys.readouterr().out
+
+
+def test_start_is_not_a_candidate_by_default(tmp_path):
+    from utils.training.validation import BEST_NAME
+
+    model = tiny_lcam(num_classes=3).train()
+    batch = [(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0]))]
+    validate, _ = _scripted_held_out([{"val_ad": 5.0, "val_ic": 20.0}, {"val_ad": 6.0}])
+    options = TrainOptions(device=CPU, snapshot_dir=str(tmp_path), progress=False, validate=validate, best_by="ad")
+    fit(model, batch, build_optimizer(model, 1e-2), 1, options)
+    assert torch.load(tmp_path / BEST_NAME, weights_only=True)["epoch"] == 0

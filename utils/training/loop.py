@@ -29,6 +29,7 @@ from utils.training.validation import (
     CURVES_NAME,
     BestTracker,
     keep_best,
+    keep_start,
     report_validation,
     save_training_curves,
 )
@@ -65,6 +66,9 @@ class TrainOptions:
             :class:`utils.training.validation.HeldOutCheck`); None: no held-out check.
         best_by: the criterion of the best checkpoint (a key of
             :data:`utils.training.validation.BEST_BY`), used with ``validate``.
+        start_is_candidate: with ``validate``, the head before its first step competes for the
+            best checkpoint too (for a head initialised from the classifier, whose start is
+            its CAM): when no epoch beats it, ``lcam_best.pth.tar`` is that head.
         plateau_epochs: epochs without a better held-out masked-image accuracy before one
             warning line (0: never).
         term_gradients: records the loss terms' gradient norms at the head and the masks'
@@ -87,6 +91,7 @@ class TrainOptions:
     step_schedule: Callable[[torch.optim.Optimizer, int], None] | None = None
     validate: Callable[[nn.Module], dict[str, float]] | None = None
     best_by: str = "masked_accuracy"
+    start_is_candidate: bool = False
     plateau_epochs: int = 3
     term_gradients: TermGradientProbe | None = None
 
@@ -423,15 +428,18 @@ def _check_start(
 ) -> None:
     """Score the head on the held-out images before its first step (kept in the log as
     ``held_out_start``; a resumed run takes it from there, or goes without), for the warning
-    of :meth:`BestTracker.worse_than_start_message`."""
+    of :meth:`BestTracker.worse_than_start_message`; with ``options.start_is_candidate`` also
+    as the first candidate of the best checkpoint."""
     if log is not None and log.enabled and "held_out_start" in log.log:
-        tracker.set_start(log.log["held_out_start"])
+        tracker.set_start(log.log["held_out_start"], options.start_is_candidate)
         return
     if state.epoch or state.global_counter:  # resumed from a run that did not record its start
         return
     start = options.validate(model)
-    report_validation(start, False, "held-out before training")
-    tracker.set_start(start)
+    is_best = tracker.set_start(start, options.start_is_candidate)
+    report_validation(start, is_best, "held-out before training")
+    if is_best and options.snapshot_dir:
+        keep_start(_unwrap(model), options.snapshot_dir, start, options.args)
     if log is not None:
         log.set_start(start)
 
@@ -542,4 +550,7 @@ def fit(
         if progress.stopped:
             _stopped(progress.global_counter, dist)
             return summaries
+    message = tracker.start_kept_message() if tracker is not None and dist.is_main and summaries else None
+    if message:
+        print(message, flush=True)
     return summaries

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from utils.core.checkpoint import _unwrap
+from utils.core.checkpoint import _unwrap, make_checkpoint, save_checkpoint
 from utils.core.errors import UserValueError
 from utils.evaluation.protocol import evaluate
 from utils.explainers.lcam import LCAMExplainer, lcam_classifier
@@ -29,6 +29,7 @@ __all__ = [
     "BestTracker",
     "HeldOutCheck",
     "keep_best",
+    "keep_start",
     "report_validation",
     "save_training_curves",
 ]
@@ -129,6 +130,7 @@ class BestTracker:
         self.since_better = 0
         self.warned = False
         self.start: dict[str, Any] | None = None  # the held-out scores before the first step
+        self.best_is_start = False
         self.warned_worse = False
         for summary in earlier:
             self.update(summary)
@@ -145,14 +147,35 @@ class BestTracker:
         value = summary.get(self.key)
         if value is None or not math.isfinite(value):
             return False
-        better = self.best is None or (value > self.best if self.higher_is_better else value < self.best)
+        better = self._better(value)
         if better:
-            self.best = value
+            self.best, self.best_is_start = value, False
         return better
 
-    def set_start(self, scores: dict[str, Any]) -> None:
-        """Take the held-out scores of the head before training (its initialisation)."""
+    def _better(self, value: float) -> bool:
+        return self.best is None or (value > self.best if self.higher_is_better else value < self.best)
+
+    def set_start(self, scores: dict[str, Any], candidate: bool = False) -> bool:
+        """Take the held-out scores of the head before training (its initialisation). With
+        ``candidate`` the start competes for the best checkpoint like an epoch (a head
+        initialised from the classifier is already an explanation: its CAM). Returns True when
+        it is the best so far (it is then kept as the best only if no epoch seen is better)."""
         self.start = dict(scores)
+        value = scores.get(self.key)
+        if not candidate or value is None or not math.isfinite(value) or not self._better(value):
+            return False
+        self.best, self.best_is_start = value, True
+        return True
+
+    def start_kept_message(self) -> str | None:
+        """One line when no epoch beat the start, which is then ``lcam_best.pth.tar``; else None."""
+        if not self.best_is_start:
+            return None
+        criterion = self.key[len("val_") :]
+        return (
+            f"note: no epoch beat the head before training on the held-out {criterion} ({self.best:.3f}); "
+            f"{BEST_NAME} is that head (its initialisation). See {SMALL_DATA_DOC}"
+        )
 
     def worse_than_start_message(self, summary: dict[str, Any]) -> str | None:
         """One line, the first time an epoch's held-out AD at 100 % is higher and its IC lower
@@ -193,6 +216,14 @@ def keep_best(checkpoint: str, snapshot_dir: str) -> str:
     shutil.copyfile(checkpoint, temporary)
     os.replace(temporary, target)
     return target
+
+
+def keep_start(model: nn.Module, snapshot_dir: str, scores: dict[str, Any], args: dict[str, Any]) -> str:
+    """Save the head before its first step as ``snapshot_dir/lcam_best.pth.tar`` (epoch -1,
+    global step 0, its held-out ``scores`` as the summary); returns its path."""
+    summary = {"epoch": -1, "global_counter": 0, **scores}
+    target = os.path.join(snapshot_dir, BEST_NAME)
+    return save_checkpoint(make_checkpoint(model, -1, 0, args=args, summary=summary), target)
 
 
 def report_validation(summary: dict[str, Any], is_best: bool, label: str = "held-out") -> None:
