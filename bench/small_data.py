@@ -1,8 +1,8 @@
 """L-CAM-Img trained by the README's command for one's own CNN against Grad-CAM on the same
 classifier, on generated datasets with boxes, for several networks and seeds.
 
-    python -m bench.small_data --output_dir runs/small_data           # the README's table (CPU: about 2 hours)
-    python -m bench.small_data --datasets shapes --networks resnet18 --seeds 0
+    python -m bench.small_data --output_dir runs/small_data           # both networks, seeds 0 and 1 (CPU: hours)
+    python -m bench.small_data --datasets shapes --networks demo-cnn --seeds 0
     python -m bench.small_data --quick --output_dir /tmp/sd            # a smoke test; its numbers mean nothing
 
 For each dataset (``digits``: utils/data/digits.py, ``shapes``: utils/data/shapes.py), network
@@ -53,11 +53,11 @@ from utils.explainers.baselines import NormalizedClassifier, build_explainer
 from utils.training.study import SCORE_COLUMNS, predict, score_explainer, train_classifier, write_predicted_datalist
 
 DATASETS: dict[str, Callable[..., Any]] = {"digits": make_digits_dataset, "shapes": make_shapes_dataset}
-# name: (--backbone spec, the layer Grad-CAM reads)
+# name: (--backbone spec, the layer Grad-CAM reads, classifier epochs by default)
 NETWORKS = {
-    "demo-cnn": ("demo:DigitsCNN", "features"),
-    "resnet18": ("resnet18", "layer4"),
-    "resnet18-small": ("bench.small_data:resnet18_small_images", "layer4"),
+    "demo-cnn": ("demo:DigitsCNN", "features", 12),
+    "resnet18": ("resnet18", "layer4", 8),
+    "resnet18-small": ("bench.small_data:resnet18_small_images", "layer4", 8),
 }
 HEAD_INITS = ("classifier", "random")
 CPU_FILE = "cpu_seconds.json"  # beside a finished head: its CPU time and command
@@ -106,7 +106,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--output_dir", default="runs/small_data", help="results, classifiers and heads")
     parser.add_argument("--datasets", default="digits,shapes", help=f"comma-separated, of {', '.join(DATASETS)}")
-    parser.add_argument("--networks", default="demo-cnn,resnet18", help=f"comma-separated, of {', '.join(NETWORKS)}")
+    parser.add_argument(
+        "--networks", default="demo-cnn,resnet18-small", help=f"comma-separated, of {', '.join(NETWORKS)}"
+    )
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds (classifier and head; data: seed 0)")
     parser.add_argument(
         "--head_inits", default="classifier,random", help=f"comma-separated --head_init values, of {HEAD_INITS}"
@@ -115,8 +117,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--num_train", type=positive_int, default=2000, help="training images")
     parser.add_argument("--num_val", type=positive_int, default=200, help="validation images (the --val_list)")
     parser.add_argument("--num_test", type=positive_int, default=300, help="test images scored")
-    parser.add_argument("--classifier_epochs", type=positive_int, default=6)
-    parser.add_argument("--head_epochs", type=non_negative_int, default=4, help="train_L_CAM.py --epoch")
+    parser.add_argument(
+        "--classifier_epochs",
+        type=positive_int,
+        default=None,
+        help="classifier training epochs [per network: " + ", ".join(f"{k} {v[2]}" for k, v in NETWORKS.items()) + "]",
+    )
+    parser.add_argument("--head_epochs", type=non_negative_int, default=2, help="train_L_CAM.py --epoch")
     parser.add_argument("--head_batch_size", type=positive_int, default=32, help="train_L_CAM.py --batch_size")
     parser.add_argument(
         "--head_flags", default="", help="further train_L_CAM.py flags for every head, e.g. '--lr 3e-3'"
@@ -151,7 +158,7 @@ def _children_cpu_seconds() -> float:
 
 
 def _head_command(args, network: str, classifier_path: str, data_root: str, run_dir: str, init: str, seed: int):
-    spec, _ = NETWORKS[network]
+    spec, _, _ = NETWORKS[network]
     command = [
         sys.executable,
         os.path.join(REPO_ROOT, "train_L_CAM.py"),
@@ -197,7 +204,7 @@ def train_head(args, network: str, classifier_path: str, data_root: str, run_dir
 
 def _classifier(args, network: str, train: DigitsSplit, run_dir: str, seed: int, device) -> NormalizedClassifier:
     """The trained classifier of this run: loaded from ``classifier.pth``, else trained and saved."""
-    spec, layer = NETWORKS[network]
+    spec, layer, default_epochs = NETWORKS[network]
     seed_everything(seed)
     module, _ = load_network(spec, pretrained=False, num_classes=args.num_classes)
     path = os.path.join(run_dir, "classifier.pth")
@@ -210,7 +217,7 @@ def _classifier(args, network: str, train: DigitsSplit, run_dir: str, seed: int,
         train.images,
         train.labels,
         device,
-        epochs=args.classifier_epochs,
+        epochs=args.classifier_epochs or default_epochs,
         seed=seed,
         progress=not args.no_progress,
     )

@@ -47,9 +47,31 @@ def test_resnet18_for_small_images_keeps_a_4x4_grid_at_64_px():
 
     from models.generic import GenericLCAM, load_network
 
-    spec, layer = small_data.NETWORKS["resnet18-small"]
+    spec, layer, _ = small_data.NETWORKS["resnet18-small"]
     network, _ = load_network(spec, pretrained=False, num_classes=6)
     model = GenericLCAM(network, layer=layer, input_size=64, backbone_mode="frozen").eval()
     with torch.no_grad():
         maps = model.feature_maps(model.normalize(torch.rand(1, 3, 64, 64)))
     assert maps.shape == (1, 512, 4, 4)  # torchvision's ResNet-18 gives 2 x 2 here
+
+
+def test_classifier_epochs_default_per_network(tmp_path, monkeypatch):
+    import torch
+
+    epochs_used = []
+
+    def fake_train(network, layer, images, labels, device, epochs, **kwargs):
+        epochs_used.append(epochs)
+        return small_data.NormalizedClassifier(network, layer)
+
+    monkeypatch.setattr(small_data, "train_classifier", fake_train)
+    split = small_data.DigitsSplit(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), torch.zeros(2, 4), ["a", "b"])
+    for network, flag in (("demo-cnn", []), ("resnet18-small", []), ("demo-cnn", ["--classifier_epochs", "3"])):
+        args = small_data.get_args_parser().parse_args(flag)
+        args.num_classes = 2
+        run_dir = tmp_path / f"{network}{len(epochs_used)}"
+        run_dir.mkdir()
+        small_data._classifier(args, network, split, str(run_dir), 0, torch.device("cpu"))
+    assert epochs_used == [12, 8, 3]
+    defaults = small_data.get_args_parser().parse_args([])
+    assert (defaults.networks, defaults.head_epochs) == ("demo-cnn,resnet18-small", 2)
