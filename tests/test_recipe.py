@@ -177,6 +177,10 @@ def test_best_tracker_warns_once_when_training_is_worse_than_the_start():
     assert message.startswith("warning: after epoch 3 the held-out AD / IC at 100 % (19.0 / 17.0)")
     assert "(10.0 / 20.0)" in message and "--best_by ad" in message and "docs/small-data.md" in message
     assert tracker.worse_than_start_message({"epoch": 3, "val_ad": 30.0, "val_ic": 5.0}) is None  # one line only
+    candidate = BestTracker("ad")
+    candidate.set_start({"val_ad": 10.0, "val_ic": 20.0}, candidate=True)
+    message = candidate.worse_than_start_message({"epoch": 0, "val_ad": 19.0, "val_ic": 17.0})
+    assert f"{BEST_NAME} stays the start unless an epoch beats it" in message and "--best_by" not in message
 
 
 def test_generic_run_with_val_list_reports_keeps_best_and_plots(jpeg_tree, tmp_path, capsys, one_thread):

@@ -131,6 +131,7 @@ class BestTracker:
         self.warned = False
         self.start: dict[str, Any] | None = None  # the held-out scores before the first step
         self.best_is_start = False
+        self.start_is_candidate = False
         self.warned_worse = False
         for summary in earlier:
             self.update(summary)
@@ -160,7 +161,7 @@ class BestTracker:
         ``candidate`` the start competes for the best checkpoint like an epoch (a head
         initialised from the classifier is already an explanation: its CAM). Returns True when
         it is the best so far (it is then kept as the best only if no epoch seen is better)."""
-        self.start = dict(scores)
+        self.start, self.start_is_candidate = dict(scores), candidate
         value = scores.get(self.key)
         if not candidate or value is None or not math.isfinite(value) or not self._better(value):
             return False
@@ -189,12 +190,16 @@ class BestTracker:
         if not (summary["val_ad"] > self.start["val_ad"] and summary["val_ic"] < self.start["val_ic"]):
             return None
         self.warned_worse = True
+        keeps = (
+            f"{BEST_NAME} stays the start unless an epoch beats it"
+            if self.start_is_candidate
+            else "--best_by ad keeps the epoch with the lowest AD"
+        )
         return (
             f"warning: after epoch {summary.get('epoch', 0) + 1} the held-out AD / IC at 100 % "
             f"({summary['val_ad']:.1f} / {summary['val_ic']:.1f}) are both worse than the head's before training "
             f"({self.start['val_ad']:.1f} / {self.start['val_ic']:.1f}): training moves the maps away from a better "
-            f"start; fewer steps or a lower --lr keep more of it, --best_by ad keeps the epoch with the lowest AD; "
-            f"see {SMALL_DATA_DOC}"
+            f"start; fewer steps or a lower --lr keep more of it, {keeps}; see {SMALL_DATA_DOC}"
         )
 
     def plateau_message(self) -> str | None:
