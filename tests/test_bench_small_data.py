@@ -31,7 +31,8 @@ def test_tiny_study_writes_every_method_and_the_verdict(tmp_path, run_command):
     assert rows["lcam_classifier"]["head_steps"] == 1 and rows["lcam_classifier"]["head_cpu_seconds"] > 0
     assert (tmp_path / "out" / "shapes" / "demo-cnn" / "seed0" / "lcam_classifier" / "lcam_best.pth.tar").is_file()
     markdown = (tmp_path / "out" / "results.md").read_text()
-    assert "### shapes, demo-cnn" in markdown and "pointing game" in markdown
+    assert "### shapes, demo-cnn" in markdown and "pointing game" in markdown and "usual tolerance of 2 px" in markdown
+    assert rows["gradcam"]["pointing_tolerance"] == 2 and 0 <= rows["gradcam"]["pointing_game_tolerant"] <= 100
     assert (tmp_path / "out" / "results.csv").read_text().startswith("dataset,network,seed,method,AD100")
 
 

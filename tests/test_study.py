@@ -44,3 +44,27 @@ def test_no_road_columns_without_road_images(images, tiny_classifier):
         classifier, build_explainer("gradcam", classifier), x, labels, boxes, "cpu", progress=False
     )
     assert not any(key.startswith("road") for key in row) and set(SCORE_COLUMNS) <= row.keys()
+
+
+class _PeakAt:
+    """An explainer whose map (at the image's size) is one bright pixel at (row, column)."""
+
+    def __init__(self, row: int, column: int) -> None:
+        self.row, self.column = row, column
+
+    def explain(self, images, classes):
+        maps = torch.zeros(images.size(0), 1, *images.shape[-2:])
+        maps[:, :, self.row, self.column] = 1.0
+        return maps
+
+
+@pytest.mark.parametrize(("column", "strict", "tolerant"), [(10, 100.0, 100.0), (21, 0.0, 100.0), (23, 0.0, 0.0)])
+def test_pointing_game_with_the_usual_tolerance(images, tiny_classifier, column, strict, tolerant):
+    from utils.evaluation.localization import usual_pointing_tolerance
+
+    assert [usual_pointing_tolerance(size) for size in (224, 64, 32)] == [15, 4, 2]
+    classifier = tiny_classifier()
+    x, labels, boxes = _held_out(images, classifier, 3)  # box columns 4..19 at 32 px: tolerance 2 reaches 21
+    row, _ = score_explainer(classifier, _PeakAt(10, column), x, labels, boxes, "cpu", progress=False)
+    assert row["pointing_tolerance"] == 2
+    assert (row["pointing_game"], row["pointing_game_tolerant"]) == (strict, tolerant)

@@ -9,7 +9,9 @@ boxes B_1..B_K (pixel boxes ``[x0, x1) x [y0, y1)``, union U):
         the energy-based pointing game of Score-CAM (Wang et al., 2020); 0 for an all-zero map
     pointing game   = 1 if argmax_p M(p) lies in U, else 0           (higher is better)
         Zhang et al., 2016; the first maximum in raster order; a constant map has no point and
-        counts as a miss
+        counts as a miss. Strict by default (the point inside the tight box); Zhang et al. and
+        TorchRay count a point within 15 pixels of the box at 224 px
+        (:func:`usual_pointing_tolerance` scales it to other sizes)
     MaxBoxAccV2     = mean over delta in {0.3, 0.5, 0.7} of
                       max over tau of 1/N sum_n 1[ max_{b, k} IoU(b, B_k) >= delta ]
         (higher is better) Choe et al., "Evaluating Weakly Supervised Object Localization
@@ -69,11 +71,13 @@ __all__ = [
     "max_box_accuracy",
     "pad_boxes",
     "pointing_game",
+    "usual_pointing_tolerance",
     "write_localization",
 ]
 
 CAM_THRESHOLDS = tuple(index / 100 for index in range(100))
 IOU_THRESHOLDS = (0.3, 0.5, 0.7)
+POINTING_TOLERANCE_AT_224 = 15  # pixels: the pointing game's usual tolerance (Zhang et al., 2016)
 # (key of a summary or a comparison row, column title); percent, higher is better
 LOCALIZATION_COLUMNS = (
     ("pointing_game", "pointing game % ↑"),
@@ -166,6 +170,12 @@ def energy_in_box(maps: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
     total = maps.sum(dim=(1, 2), dtype=torch.float64)
     inside = (maps * masks).sum(dim=(1, 2), dtype=torch.float64)
     return torch.where(total > 0, inside / total.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(total))
+
+
+def usual_pointing_tolerance(image_size: int) -> int:
+    """The pointing game's usual tolerance, 15 pixels at 224 px (Zhang et al., 2016), scaled to
+    ``image_size`` and rounded: 4 at 64 px."""
+    return round(POINTING_TOLERANCE_AT_224 * image_size / 224)
 
 
 def pointing_game(maps: torch.Tensor, boxes: BoxesLike, tolerance: int = 0) -> torch.Tensor:

@@ -19,7 +19,7 @@ from utils.core.errors import UserValueError
 from utils.core.files import atomic_open
 from utils.evaluation import evaluate, normalize_and_upsample
 from utils.evaluation.insertion_deletion import InsertionDeletionMeter, insertion_deletion_curves
-from utils.evaluation.localization import LocalizationMeter
+from utils.evaluation.localization import LocalizationMeter, pointing_game, usual_pointing_tolerance
 from utils.evaluation.road import evaluate_road
 from utils.explainers.baselines import NormalizedClassifier
 from utils.training.loop import TrainOptions, fit
@@ -154,7 +154,9 @@ def score_explainer(
 ) -> tuple[dict[str, float], torch.Tensor]:
     """AD and IC at 100, 50 and 15 % of the map kept (the explained class the prediction;
     :func:`utils.evaluation.evaluate`) and, on the correctly classified images, the energy in
-    the box and the pointing game, all in percent (:data:`SCORE_COLUMNS`), and
+    the box and the pointing game, all in percent (:data:`SCORE_COLUMNS`), the pointing game
+    with its usual tolerance (``pointing_game_tolerant``, ``pointing_tolerance`` pixels: 15 at
+    224 px, :func:`utils.evaluation.localization.usual_pointing_tolerance`) and
     ``max_box_acc_v2``; with ``id_step``, the mean ``deletion_auc`` and ``insertion_auc`` of
     the same maps, ``id_step`` pixels per step, in percent of a curve at probability 1
     (:mod:`utils.evaluation.insertion_deletion`); with ``road_images`` > 0, ROAD on the first
@@ -179,9 +181,13 @@ def score_explainer(
         row[f"AD{kept}"] = entry["average_drop"]
         row[f"IC{kept}"] = entry["increase_in_confidence"]
     localisation = meter.summary()
+    tolerance = usual_pointing_tolerance(max(images.shape[-2:]))
+    tolerant_hits = pointing_game(maps[correct], boxes[correct], tolerance)
     row.update(
         energy_in_box=localisation["energy_in_box"],
         pointing_game=localisation["pointing_game"],
+        pointing_game_tolerant=float(tolerant_hits.double().mean() * 100),
+        pointing_tolerance=tolerance,
         max_box_acc_v2=localisation["max_box_acc_v2"],
         images=result.num_images,
         localised_images=localisation["count"],
