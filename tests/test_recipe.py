@@ -205,6 +205,7 @@ def test_generic_run_with_val_list_reports_keeps_best_and_plots(jpeg_tree, tmp_p
     assert os.path.basename(find_newest_checkpoint(str(snapshot))).startswith("lcam_epoch_1_")
     captured = capsys.readouterr()
     assert "held-out: masked_accuracy" in captured.out and "held-out before training: masked_accuracy" in captured.out
+    assert "without --val_list" not in captured.err
     with open(snapshot / "train_log.json", encoding="utf-8") as handle:
         log = json.load(handle)
     start = log["held_out_start"]

@@ -268,7 +268,7 @@ def test_device_decode_path_trains_and_resumes_exactly(jpeg_tree, tmp_path, one_
     torch.testing.assert_close(pil["attnM.op.weight"], first_epoch["attnM.op.weight"], rtol=0.05, atol=0.05)
 
 
-def test_generic_cnn_trains_and_restores_for_evaluation(jpeg_tree, tmp_path, one_thread):
+def test_generic_cnn_trains_and_restores_for_evaluation(jpeg_tree, tmp_path, capsys, one_thread):
     import torchvision
 
     from utils.evaluation import load_lcam_model
@@ -281,6 +281,8 @@ def test_generic_cnn_trains_and_restores_for_evaluation(jpeg_tree, tmp_path, one
     args = _args(datalist, root, tmp_path / "snap", *argv)  # frozen: BatchNorm statistics stay torchvision's
     args.backbone_weights = str(weights)
     train_L_CAM.main(args)
+    # the small-data recipe without --val_list: one line says nothing compares the result with its start
+    assert capsys.readouterr().err.count("note: without --val_list the last epoch is the result") == 1
     checkpoint = tmp_path / "snap" / "lcam_epoch_0_glo_step_3.pth.tar"
     settings = torch.load(checkpoint, weights_only=True)["settings"]
     assert settings["backbone"] == "resnet18" and settings["layer"] == "layer4" and settings["apply_cam_to"] == "image"
