@@ -126,7 +126,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="classifier training epochs [per network: " + ", ".join(f"{k} {v[2]}" for k, v in NETWORKS.items()) + "]",
     )
-    parser.add_argument("--head_epochs", type=non_negative_int, default=2, help="train_L_CAM.py --epoch")
+    parser.add_argument("--head_epochs", type=non_negative_int, default=3, help="train_L_CAM.py --epoch")
     parser.add_argument("--head_batch_size", type=positive_int, default=32, help="train_L_CAM.py --batch_size")
     parser.add_argument(
         "--head_flags", default="", help="further train_L_CAM.py flags for every head, e.g. '--lr 3e-3'"

@@ -75,4 +75,4 @@ def test_classifier_epochs_default_per_network(tmp_path, monkeypatch):
         small_data._classifier(args, network, split, str(run_dir), 0, torch.device("cpu"))
     assert epochs_used == [12, 8, 3]
     defaults = small_data.get_args_parser().parse_args([])
-    assert (defaults.networks, defaults.head_epochs) == ("demo-cnn,resnet18-small", 2)
+    assert (defaults.networks, defaults.head_epochs) == ("demo-cnn,resnet18-small", 3)
