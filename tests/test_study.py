@@ -68,3 +68,44 @@ def test_pointing_game_with_the_usual_tolerance(images, tiny_classifier, column,
     row, _ = score_explainer(classifier, _PeakAt(10, column), x, labels, boxes, "cpu", progress=False)
     assert row["pointing_tolerance"] == 2
     assert (row["pointing_game"], row["pointing_game_tolerant"]) == (strict, tolerant)
+
+
+class _Counting:
+    """Counts the images an explainer is asked to explain."""
+
+    def __init__(self, explainer) -> None:
+        self.explainer, self.images = explainer, 0
+
+    def explain(self, images, classes):
+        self.images += len(images)
+        return self.explainer.explain(images, classes)
+
+
+def test_road_reuses_the_maps_of_the_ad_ic_pass(images, tiny_classifier):
+    classifier = tiny_classifier(1)
+    counting = _Counting(build_explainer("gradcam", classifier))
+    x, labels, boxes = _held_out(images, classifier)
+    row, _ = score_explainer(
+        classifier, counting, x, labels, boxes, "cpu", batch_size=4, progress=False, road_images=5, road_seed=3
+    )
+    assert counting.images == len(x)  # each image explained once, not again for ROAD
+    expected = evaluate_road(classifier, build_explainer("gradcam", classifier), [(x[:5],)], seed=3, progress=False)
+    assert row["road_combined"] == pytest.approx(100 * expected["road_combined"], abs=1e-9)
+
+
+def test_replayed_maps_are_explained_afresh_when_the_classes_differ():
+    from utils.training.study import _RecordingExplainer, _ReplayingExplainer
+
+    class Constant:
+        def __init__(self, value):
+            self.value = value
+
+        def explain(self, images, classes):
+            return torch.full((len(images), 1, 2, 2), self.value)
+
+    recorder = _RecordingExplainer(Constant(1.0))
+    recorder.explain(torch.zeros(3, 3, 8, 8), torch.tensor([0, 1, 2]))
+    recorder.explainer = Constant(2.0)  # what a fresh explanation would give
+    replay = _ReplayingExplainer(recorder)
+    assert replay.explain(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1])).unique().tolist() == [1.0]
+    assert replay.explain(torch.zeros(1, 3, 8, 8), torch.tensor([0])).unique().tolist() == [2.0]  # class 2 recorded

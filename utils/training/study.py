@@ -125,17 +125,36 @@ def write_predicted_datalist(path: str, image_paths: Sequence[str], labels: torc
 
 
 class _RecordingExplainer:
-    """Passes ``explain`` through and keeps every map (on the CPU), so the maps of the AD/IC
-    pass also serve the localisation metrics without recomputation."""
+    """Passes ``explain`` through and keeps every map and class (on the CPU), so the maps of
+    the AD/IC pass also serve the localisation metrics and ROAD without recomputation."""
 
     def __init__(self, explainer: Any) -> None:
         self.explainer = explainer
         self.maps: list[torch.Tensor] = []
+        self.classes: list[torch.Tensor] = []
 
     def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         maps = self.explainer.explain(images, classes)
         self.maps.append(maps.detach().float().cpu())
+        self.classes.append(classes.detach().cpu())
         return maps
+
+
+class _ReplayingExplainer:
+    """Gives back the maps a :class:`_RecordingExplainer` kept, image after image in the same
+    order; a batch whose classes differ from those recorded is explained afresh."""
+
+    def __init__(self, recorder: _RecordingExplainer) -> None:
+        self.explainer = recorder.explainer
+        self.maps, self.classes = torch.cat(recorder.maps), torch.cat(recorder.classes)
+        self.position = 0
+
+    def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        span = slice(self.position, self.position + len(images))
+        self.position += len(images)
+        if torch.equal(self.classes[span], classes.detach().cpu()):
+            return self.maps[span].to(images.device)
+        return self.explainer.explain(images, classes)
 
 
 def score_explainer(
@@ -211,7 +230,7 @@ def score_explainer(
     if road_images > 0:
         road = evaluate_road(
             classifier,
-            explainer,
+            _ReplayingExplainer(recorder),  # the same images and classes in the same order
             tensor_loader(images, labels, batch_size, shuffle=False),
             device,
             limit=road_images,
