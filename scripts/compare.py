@@ -27,6 +27,7 @@ from models import ARCH_CHOICES, BackboneFamily, families, get_family
 from models.generic import resolve_image_sizes
 from utils.core.cli import (
     HelpFormatter,
+    add_box_arguments,
     add_datalist_arguments,
     add_device_arguments,
     add_image_size_arguments,
@@ -141,12 +142,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_image_size_arguments(data, from_model="the --lcam checkpoint's when there is one, as trained")
     data.add_argument("--percentages", default="0,0.5,0.85", help="fractions of pixels dropped (0 keeps 100 %%)")
     add_subset_arguments(data)
-    data.add_argument(
-        "--boxes",
-        default=None,
-        help="also localisation (pointing game, energy in boxes, MaxBoxAccV2) against these boxes: ImageNet's "
-        "LOC_val_solution.csv, a folder of its XML annotations, or a CSV image,x0,y0,x1,y1",
-    )
+    add_box_arguments(data)
 
     methods = parser.add_argument_group("method settings")
     add_rise_arguments(methods)
@@ -411,7 +407,14 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
             )
         if boxes is not None:
             localization = evaluate_localization(
-                entry.classifier, entry.explainer, loader, boxes, device, args.amp, progress=not args.no_progress
+                entry.classifier,
+                entry.explainer,
+                loader,
+                boxes,
+                device,
+                args.amp,
+                progress=not args.no_progress,
+                pointing_tolerance=args.pointing_tolerance,
             )
             row.update(localization_row(localization))
         write_entry_result(result, entry, args.output_dir, row)

@@ -19,6 +19,7 @@ from models.generic import resolve_image_sizes
 from utils.core.cli import (
     REPO_ROOT,
     HelpFormatter,
+    add_box_arguments,
     add_decode_argument,
     add_device_arguments,
     add_image_size_arguments,
@@ -133,12 +134,7 @@ def get_args_parser(
     )
     add_image_size_arguments(protocol, from_model="a generic checkpoint's, as trained")
     add_subset_arguments(protocol)
-    protocol.add_argument(
-        "--boxes",
-        default=None,
-        help="also localisation (pointing game, energy in boxes, MaxBoxAccV2) against these boxes: ImageNet's "
-        "LOC_val_solution.csv, a folder of its XML annotations, or a CSV image,x0,y0,x1,y1 [none]",
-    )
+    add_box_arguments(protocol)
 
     speed = parser.add_argument_group("speed")
     add_device_arguments(speed, 64, "images per batch (the reference: 1; same numbers)")
@@ -239,7 +235,9 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     json_path, csv_path = write_result(result, args.output, run)
     print(f"Results written to {json_path} and {csv_path}")
     if boxes is not None:
-        localization = evaluate_localization(explainer.classify, explainer, loader, boxes, device, args.amp)
+        localization = evaluate_localization(
+            explainer.classify, explainer, loader, boxes, device, args.amp, pointing_tolerance=args.pointing_tolerance
+        )
         for line in format_localization(localization):
             print(line)
         paths = write_localization(localization, localization_output(args.output), run)

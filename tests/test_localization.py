@@ -250,3 +250,35 @@ def test_boxes_on_the_evaluation_command_and_compare(setup, boxed_list, tmp_path
         table = list(csv.DictReader(handle))
     assert float(table[0]["MaxBoxAccV2 % ↑"]) == pytest.approx(round(expected["max_box_acc_v2"], 2))
     assert not math.isnan(float(table[1]["pointing game % ↑"]))  # Grad-CAM's row
+
+
+def test_pointing_tolerance_on_the_evaluation_command_and_compare(setup, boxed_list, tmp_path, capsys):  # noqa: F811
+    root, checkpoint = setup
+    datalist, box_file, expected = boxed_list
+    assert expected["pointing_game"] < 100  # a tolerance as large as the image makes every point a hit
+    output = tmp_path / "eval" / "result.json"
+    parser = evaluation_parser(arch=ARCH)
+    argv = [
+        "--arch", ARCH, "--restore_from", str(checkpoint), "--test_list", str(datalist), "--img_dir", "",
+        "--input_size", str(INPUT_SIZE), "--crop_size", str(CROP_SIZE), "--num_workers", "0", "--device", "cpu",
+        "--batch_size", "4", "--output", str(output), "--boxes", str(box_file), "--pointing_tolerance", "100",
+    ]  # fmt: skip
+    with pytest.warns(UserWarning, match="have no box"):
+        evaluation_main(parser.parse_args(argv), parser)
+    summary = json.loads((tmp_path / "eval" / "result_localization.json").read_text())["summary"]
+    assert (summary["pointing_game"], summary["pointing_tolerance"]) == (100.0, 100)
+    assert summary["energy_in_box"] == pytest.approx(expected["energy_in_box"])  # the tolerance is the point's only
+    assert "Pointing game (tolerance 100 px): 100.00 %" in capsys.readouterr().out
+
+    compare_parser = compare.get_args_parser()
+    compare_args = compare_parser.parse_args(
+        [
+            "--lcam", f"{ARCH}={checkpoint}", "--methods", "gradcam", "--test_list", str(datalist),
+            "--input_size", str(INPUT_SIZE), "--crop_size", str(CROP_SIZE), "--num_workers", "0",
+            "--batch_size", "4", "--device", "cpu", "--no_progress", "--figure_images", "1",
+            "--output_dir", str(tmp_path / "compare"), "--boxes", str(box_file), "--pointing_tolerance", "100",
+        ]
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="have no box"):
+        rows = compare.main(compare_args, compare_parser)
+    assert [(row["pointing_game"], row["pointing_tolerance"]) for row in rows] == [(100.0, 100)] * 2

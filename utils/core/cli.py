@@ -123,6 +123,23 @@ def add_subset_arguments(group: argparse._ActionsContainer) -> None:
     )
 
 
+def add_box_arguments(group: argparse._ActionsContainer) -> None:
+    """``--boxes`` (localisation against ground-truth boxes) and ``--pointing_tolerance``."""
+    group.add_argument(
+        "--boxes",
+        default=None,
+        help="also localisation (pointing game, energy in boxes, MaxBoxAccV2) against these boxes: ImageNet's "
+        "LOC_val_solution.csv, a folder of its XML annotations, or a CSV image,x0,y0,x1,y1 [none]",
+    )
+    group.add_argument(
+        "--pointing_tolerance",
+        type=non_negative_int,
+        default=0,
+        help="pixels around each box where the pointing game's point still hits: 0 is the tight box; the usual "
+        "tolerance is 15 at 224 px (Zhang et al., 2016)",
+    )
+
+
 def add_device_arguments(
     group: argparse._ActionsContainer,
     batch_size: int,

@@ -351,6 +351,7 @@ def evaluate_localization(
     amp: str = "none",
     correct_only: bool = True,
     progress: bool = True,
+    pointing_tolerance: int = 0,
 ) -> LocalizationResult:
     """The localisation metrics of the module docstring over ``loader``'s images, with the
     AD/IC protocol's explained class and map (:func:`utils.evaluation.protocol.explain_predictions`).
@@ -361,12 +362,14 @@ def evaluate_localization(
         correct_only: score only the images whose prediction (the explained class) is their
             label, so that the map explains the boxed object's class (the default; the demo's
             rule). Otherwise every image with a box.
+        pointing_tolerance: pixels around each box where the pointing game still hits (0: the
+            tight box; see :func:`usual_pointing_tolerance`); kept in the summary.
 
     Returns:
         :class:`LocalizationResult`; its summary is NaN when no image was scored.
     """
     device = torch.device(device)
-    meter = LocalizationMeter()
+    meter = LocalizationMeter(pointing_tolerance)
     kept: dict[str, list[torch.Tensor]] = {"indices": [], "labels": [], "predicted": []}
     without_box = seen = 0
     total = len(loader.dataset) if hasattr(getattr(loader, "dataset", None), "__len__") else None
@@ -398,6 +401,7 @@ def evaluate_localization(
         best_ious = torch.zeros(0, len(CAM_THRESHOLDS), dtype=torch.float64)
         summary = {key: math.nan for key, _ in LOCALIZATION_COLUMNS} | {"count": 0}
     summary["without_box"] = without_box
+    summary["pointing_tolerance"] = pointing_tolerance
     return LocalizationResult(
         *(torch.cat(kept[name]) if kept[name] else torch.zeros(0, dtype=torch.long) for name in kept),
         energy=energy,
@@ -442,6 +446,7 @@ def localization_row(result: LocalizationResult) -> dict[str, float | int]:
     images scored and of images without a box."""
     return {
         **{key: result.summary[key] for key, _ in LOCALIZATION_COLUMNS},
+        "pointing_tolerance": result.summary.get("pointing_tolerance", 0),
         "localized_images": result.count,
         "images_without_box": result.without_box,
     }
@@ -461,8 +466,10 @@ def format_localization(result: LocalizationResult) -> list[str]:
     """Lines for the screen: the scores in percent and which images were scored."""
     summary = result.summary
     which = "correctly classified images with a box" if result.correct_only else "images with a box"
+    tolerance = summary.get("pointing_tolerance", 0)
+    pointing = f"Pointing game (tolerance {tolerance} px)" if tolerance else "Pointing game"
     return [
-        f"Pointing game: {summary['pointing_game']:.2f} %  Energy in boxes: {summary['energy_in_box']:.2f} %",
+        f"{pointing}: {summary['pointing_game']:.2f} %  Energy in boxes: {summary['energy_in_box']:.2f} %",
         "MaxBoxAccV2: {:.2f} % (IoU 0.3: {:.2f} %, 0.5: {:.2f} %, 0.7: {:.2f} %)".format(
             *(summary[key] for key in ("max_box_acc_v2", "max_box_acc_30", "max_box_acc_50", "max_box_acc_70"))
         ),
