@@ -258,7 +258,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--best_by",
         choices=tuple(BEST_BY),
         default=None,
-        help="criterion of lcam_best.pth.tar: held-out masked-image accuracy, AD (lowest), IC or loss (lowest); "
+        help="criterion of lcam_best.pth.tar: held-out masked-image accuracy, AD (lowest), IC, AD - IC (lowest) or "
+        "loss (lowest); "
         "with --head_init classifier the head before training competes too "
         "[the recipe's: masked_accuracy (reference), ad (small-data)]",
     )

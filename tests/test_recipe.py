@@ -163,7 +163,7 @@ def test_best_tracker_and_plateau():
     assert tracker.plateau_message() is None  # one line only
     resumed = BestTracker("ic", 2, [{"val_ic": 3.0, "val_masked_accuracy": 50.0}])
     assert not resumed.update({"val_ic": 2.0}) and resumed.update({"val_ic": 3.5})
-    with pytest.raises(ValueError, match="'best_by' must be one of masked_accuracy, ad, ic, loss"):
+    with pytest.raises(ValueError, match="'best_by' must be one of masked_accuracy, ad, ic, ad_ic, loss"):
         BestTracker("top1")
 
 
@@ -250,3 +250,17 @@ def test_best_tracker_takes_the_start_as_a_candidate_only_when_asked():
     assert not resumed.set_start({"val_ic": 17.0}, candidate=True) and resumed.best == 18.0
     assert BestTracker("ic", 3, [{"val_ic": 18.0}]).set_start({"val_ic": 19.0}, candidate=True)
     assert not BestTracker("ad").set_start({"val_ic": 19.0}, candidate=True)  # no AD in the start: no candidate
+
+
+def test_ad_ic_criterion_weighs_both_scores():
+    from utils.training.validation import criterion_value
+
+    assert criterion_value("ad_ic", {"val_ad": 12.0, "val_ic": 20.0}) == -8.0
+    assert criterion_value("ad_ic", {"val_ad": 12.0}) is None
+    assert criterion_value("ad_ic", {"val_ad": 12.0, "val_ic": math.nan}) is None
+    tracker = BestTracker("ad_ic")
+    assert tracker.set_start({"val_ad": 15.0, "val_ic": 23.0}, candidate=True)  # -8
+    assert tracker.update({"val_ad": 15.8, "val_ic": 31.0})  # AD a little worse, IC far better: -15.2
+    by_ad = BestTracker("ad")
+    by_ad.set_start({"val_ad": 15.0, "val_ic": 23.0}, candidate=True)
+    assert not by_ad.update({"val_ad": 15.8, "val_ic": 31.0})  # by AD alone the start stays

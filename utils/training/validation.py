@@ -27,6 +27,7 @@ __all__ = [
     "CURVES_NAME",
     "SMALL_DATA_DOC",
     "BestTracker",
+    "criterion_value",
     "HeldOutCheck",
     "keep_best",
     "keep_start",
@@ -37,13 +38,24 @@ __all__ = [
 BEST_NAME = "lcam_best.pth.tar"
 CURVES_NAME = "train_curves.png"
 SMALL_DATA_DOC = "docs/small-data.md"
-# criterion -> (summary key, True when higher is better)
+# criterion -> ({summary key: weight}, True when higher is better); the value is the weighted sum
 BEST_BY = {
-    "masked_accuracy": ("val_masked_accuracy", True),
-    "ad": ("val_ad", False),
-    "ic": ("val_ic", True),
-    "loss": ("val_loss", False),
+    "masked_accuracy": ({"val_masked_accuracy": 1.0}, True),
+    "ad": ({"val_ad": 1.0}, False),
+    "ic": ({"val_ic": 1.0}, True),
+    "ad_ic": ({"val_ad": 1.0, "val_ic": -1.0}, False),  # AD - IC at 100 %: both of the paper's scores
+    "loss": ({"val_loss": 1.0}, False),
 }
+
+
+def criterion_value(best_by: str, summary: dict[str, Any]) -> float | None:
+    """The value of criterion ``best_by`` (a key of :data:`BEST_BY`) for a summary of held-out
+    scores; None when one of its scores is missing or not finite."""
+    weights, _ = BEST_BY[best_by]
+    values = [summary.get(key) for key in weights]
+    if any(not isinstance(value, (int, float)) or not math.isfinite(value) for value in values):
+        return None
+    return sum(weight * value for weight, value in zip(weights.values(), values))
 
 
 class HeldOutCheck:
@@ -123,7 +135,7 @@ class BestTracker:
             raise UserValueError(f"'best_by' must be one of {', '.join(BEST_BY)}, got {best_by!r}")
         if plateau_epochs < 0:
             raise UserValueError(f"'plateau_epochs' must be >= 0, got {plateau_epochs!r}")
-        self.key, self.higher_is_better = BEST_BY[best_by]
+        self.best_by, self.higher_is_better = best_by, BEST_BY[best_by][1]
         self.plateau_epochs = plateau_epochs
         self.best: float | None = None
         self.best_accuracy: float | None = None
@@ -145,8 +157,8 @@ class BestTracker:
                 self.best_accuracy, self.since_better = accuracy, 0
             else:
                 self.since_better += 1
-        value = summary.get(self.key)
-        if value is None or not math.isfinite(value):
+        value = criterion_value(self.best_by, summary)
+        if value is None:
             return False
         better = self._better(value)
         if better:
@@ -162,8 +174,8 @@ class BestTracker:
         initialised from the classifier is already an explanation: its CAM). Returns True when
         it is the best so far (it is then kept as the best only if no epoch seen is better)."""
         self.start, self.start_is_candidate = dict(scores), candidate
-        value = scores.get(self.key)
-        if not candidate or value is None or not math.isfinite(value) or not self._better(value):
+        value = criterion_value(self.best_by, scores)
+        if not candidate or value is None or not self._better(value):
             return False
         self.best, self.best_is_start = value, True
         return True
@@ -172,9 +184,8 @@ class BestTracker:
         """One line when no epoch beat the start, which is then ``lcam_best.pth.tar``; else None."""
         if not self.best_is_start:
             return None
-        criterion = self.key[len("val_") :]
         return (
-            f"note: no epoch beat the head before training on the held-out {criterion} ({self.best:.3f}); "
+            f"note: no epoch beat the head before training on the held-out {self.best_by} ({self.best:.3f}); "
             f"{BEST_NAME} is that head (its initialisation). See {SMALL_DATA_DOC}"
         )
 
