@@ -430,13 +430,6 @@ def main(args: argparse.Namespace) -> list[dict]:
     pretrained = False if args.backbone_weights.lower() == "none" else args.backbone_weights
     model = build_model(args.arch, pretrained, args.num_classes, args.backbone_mode, **settings).to(device)
     _init_head(model, args, dist.is_main)
-    if dist.is_main and args.recipe == "small-data" and val_samples is None:
-        print(
-            "note: without --val_list the last epoch is the result and nothing compares it with the head's start; "
-            f"give held-out images with --val_list to keep the best of them (see {SMALL_DATA_DOC})",
-            file=sys.stderr,
-            flush=True,
-        )
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     weight_decay = None if args.optimizer == "sgd-reference" else args.weight_decay
@@ -489,6 +482,13 @@ def main(args: argparse.Namespace) -> list[dict]:
         plateau_epochs=args.plateau_epochs,
         term_gradients=TermGradientProbe(args.log_term_gradients) if args.log_term_gradients else None,
     )
+    if dist.is_main and args.recipe == "small-data" and val_samples is None:
+        print(
+            "note: without --val_list the last epoch is the result and nothing compares it with the head's start; "
+            f"give held-out images with --val_list to keep the best of them (see {SMALL_DATA_DOC})",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         return fit(model, loader, optimizer, args.epoch, options, state, scaler, forward_model, dist, lr_schedule)
     finally:
