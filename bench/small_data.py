@@ -41,6 +41,7 @@ import torchvision
 from torch import nn
 
 from models.generic import GenericLCAM, init_head_from_classifier, load_network
+from utils.core.checkpoint import checkpoint_name
 from utils.core.cli import REPO_ROOT, non_negative_int, positive_int, run_cli
 from utils.core.errors import UserValueError
 from utils.core.files import atomic_open, ensure_writable, write_json
@@ -50,7 +51,9 @@ from utils.data.shapes import make_shapes_dataset
 from utils.evaluation import LCAMExplainer, load_lcam_model
 from utils.evaluation.reports import ResultsTable
 from utils.explainers.baselines import NormalizedClassifier, build_explainer
+from utils.training.log import LOG_NAME
 from utils.training.study import SCORE_COLUMNS, predict, score_explainer, train_classifier, write_predicted_datalist
+from utils.training.validation import kept_epoch
 
 DATASETS: dict[str, Callable[..., Any]] = {"digits": make_digits_dataset, "shapes": make_shapes_dataset}
 # name: (--backbone spec, the layer Grad-CAM reads, classifier epochs by default)
@@ -130,6 +133,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--head_batch_size", type=positive_int, default=32, help="train_L_CAM.py --batch_size")
     parser.add_argument(
         "--head_flags", default="", help="further train_L_CAM.py flags for every head, e.g. '--lr 3e-3'"
+    )
+    parser.add_argument(
+        "--score_epochs",
+        action="store_true",
+        help="also score the classifier-started head's start and every epoch's checkpoint on the test images, and "
+        "which of them each held-out rule keeps (epochs.json, epochs.md)",
     )
     parser.add_argument("--device", default="cpu", help="cpu (the measured setting), cuda, auto, ...")
     parser.add_argument("--quick", action="store_true", help="a smoke test: tiny data, 1 epoch, one seed")
@@ -348,8 +357,74 @@ def _score(args, key, explainer, classifier, test, device) -> dict[str, Any]:
     return row
 
 
-def run_one(args, dataset_name: str, dataset, network: str, seed: int, device, record) -> None:
-    """Every method of one dataset, network and seed (see the module docstring)."""
+def score_epochs(args, snapshot_dir: str, start_row: dict[str, Any], classifier, test, device) -> list[dict[str, Any]]:
+    """The head's start (``start_row``: the initialisation row) and each epoch's checkpoint,
+    scored on the test images, with their held-out scores from ``train_log.json``; written to
+    ``epoch_scores.json`` beside them."""
+    with open(os.path.join(snapshot_dir, LOG_NAME), encoding="utf-8") as handle:
+        log = json.load(handle)
+    entries = [{"epoch": -1, "held_out": log.get("held_out_start"), "test": start_row}]
+    for summary in log["epochs"]:
+        path = os.path.join(snapshot_dir, checkpoint_name(summary["epoch"], summary["global_counter"]))
+        model, _ = load_lcam_model("generic", path, device=device)
+        row = _score(args, f"lcam epoch {summary['epoch']}", LCAMExplainer(model), classifier, test, device)
+        held_out = {key: value for key, value in summary.items() if key.startswith("val_")}
+        entries.append({"epoch": summary["epoch"], "held_out": held_out, "test": row})
+    write_json(os.path.join(snapshot_dir, "epoch_scores.json"), entries)
+    return entries
+
+
+def write_epoch_results(epoch_runs: list[dict[str, Any]], output_dir: str) -> str:
+    """``epochs.json`` (every run's per-epoch scores) and ``epochs.md``: per dataset and
+    network, the head each rule keeps (by the held-out scores) and its mean test scores."""
+    write_json(os.path.join(output_dir, "epochs.json"), {"runs": epoch_runs})
+    lines = []
+    for dataset, network in sorted({(run["dataset"], run["network"]) for run in epoch_runs}):
+        runs = [run for run in epoch_runs if (run["dataset"], run["network"]) == (dataset, network)]
+        seeds = ", ".join(str(run["seed"]) for run in runs)
+        lines += [
+            f"### {dataset}, {network} (seeds {seeds}; -1 = the start)",
+            "",
+            "| head kept | epoch per seed | " + " | ".join(TABLE_COLUMNS) + " |",
+            "|---|---|" + "---|" * len(TABLE_COLUMNS),
+        ]
+        for name, pick in EPOCH_RULES.items():
+            kept = [pick(run["epochs"]) for run in runs]
+            chosen = [next(e for e in run["epochs"] if e["epoch"] == epoch) for run, epoch in zip(runs, kept)]
+            cells = [_mean_std([entry["test"][column] for entry in chosen]) for column in TABLE_COLUMNS]
+            lines.append(f"| {name} | {', '.join(map(str, kept))} | " + " | ".join(cells) + " |")
+        lines.append("")
+    markdown = "\n".join(lines)
+    with atomic_open(os.path.join(output_dir, "epochs.md")) as handle:
+        handle.write(markdown)
+    return markdown
+
+
+def _rule(best_by: str, start_competes: bool) -> Callable[[list[dict[str, Any]]], int]:
+    """The epoch :func:`utils.training.fit` keeps by ``best_by`` (-1: the start)."""
+
+    def pick(entries: list[dict[str, Any]]) -> int:
+        epochs = [{"epoch": entry["epoch"], **entry["held_out"]} for entry in entries[1:]]
+        kept = kept_epoch(best_by, entries[0]["held_out"], epochs, start_competes)
+        return entries[-1]["epoch"] if kept is None else kept
+
+    return pick
+
+
+# the heads a held-out rule keeps: the start, the last epoch, or the best by a criterion
+EPOCH_RULES: dict[str, Callable[[list[dict[str, Any]]], int]] = {
+    "the start (0 steps)": lambda entries: -1,
+    "the last epoch": lambda entries: entries[-1]["epoch"],
+    "masked_accuracy, epochs only": _rule("masked_accuracy", False),
+    "ad, epochs only": _rule("ad", False),
+    "ad, the start competing (the recipe)": _rule("ad", True),
+    "ad_ic, the start competing": _rule("ad_ic", True),
+}
+
+
+def run_one(args, dataset_name: str, dataset, network: str, seed: int, device, record) -> list[dict[str, Any]]:
+    """Every method of one dataset, network and seed (see the module docstring); returns the
+    per-epoch scores of the classifier-started head with ``--score_epochs`` (else [])."""
     run_dir = os.path.join(args.output_dir, dataset_name, network, f"seed{seed}")
     os.makedirs(run_dir, exist_ok=True)
     train = load_split(dataset, "train")
@@ -369,9 +444,9 @@ def run_one(args, dataset_name: str, dataset, network: str, seed: int, device, r
         }
     )
     initial = _initial_head(args, classifier, device)
-    record(
-        {**base, "method": "lcam_init", **_score(args, "lcam_init", LCAMExplainer(initial), classifier, test, device)}
-    )
+    start_row = _score(args, "lcam_init", LCAMExplainer(initial), classifier, test, device)
+    record({**base, "method": "lcam_init", **start_row})
+    epoch_runs = []
     for init in args.head_inits:
         checkpoint, cpu_seconds = train_head(
             args, network, os.path.join(run_dir, "classifier.pth"), dataset.root, run_dir, init, seed
@@ -380,6 +455,10 @@ def run_one(args, dataset_name: str, dataset, network: str, seed: int, device, r
         row = _score(args, f"lcam_{init}", LCAMExplainer(model), classifier, test, device)
         steps = args.head_epochs * -(-args.num_train // args.head_batch_size)
         record({**base, "method": f"lcam_{init}", **row, "head_cpu_seconds": cpu_seconds, "head_steps": steps})
+        if args.score_epochs and init == "classifier":
+            entries = score_epochs(args, os.path.dirname(checkpoint), start_row, classifier, test, device)
+            epoch_runs.append({**base, "epochs": entries})
+    return epoch_runs
 
 
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -397,6 +476,7 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     info = {"command": "python -m bench.small_data " + " ".join(sys.argv[1:]), "args": vars(args).copy()}
     info["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
     rows: list[dict[str, Any]] = []
+    epoch_runs: list[dict[str, Any]] = []
 
     def record(row: dict[str, Any]) -> None:
         rows.append(row)
@@ -419,7 +499,9 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         args.num_classes = dataset.num_classes
         for network in networks:
             for seed in seeds:
-                run_one(args, dataset_name, dataset, network, seed, device, record)
+                epoch_runs += run_one(args, dataset_name, dataset, network, seed, device, record)
+                if epoch_runs:
+                    write_epoch_results(epoch_runs, args.output_dir)
     print(write_results(rows, args.output_dir, info))
     return rows
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import torch
+
 from bench import small_data
 
 
@@ -17,8 +19,8 @@ def test_tiny_study_writes_every_method_and_the_verdict(tmp_path, run_command):
         "--head_inits", "classifier",
         "--canvas_size", "32",
         "--num_train", "8", "--num_val", "4", "--num_test", "6",
-        "--classifier_epochs", "1", "--head_epochs", "1", "--head_batch_size", "8",
-        "--no_progress",
+        "--classifier_epochs", "1", "--head_epochs", "2", "--head_batch_size", "8",
+        "--no_progress", "--score_epochs",
     ]  # fmt: skip
     status, out, err = run_command(small_data.main, small_data.get_args_parser(), argv)
     assert status == 0, err
@@ -28,7 +30,18 @@ def test_tiny_study_writes_every_method_and_the_verdict(tmp_path, run_command):
     for row in rows.values():
         assert row["images"] == 6
         assert all(math.isfinite(row[column]) for column in ("AD100", "IC100", "AD50", "IC50", "AD15", "IC15"))
-    assert rows["lcam_classifier"]["head_steps"] == 1 and rows["lcam_classifier"]["head_cpu_seconds"] > 0
+    assert rows["lcam_classifier"]["head_steps"] == 2 and rows["lcam_classifier"]["head_cpu_seconds"] > 0
+    # --score_epochs: the start and both epochs scored; the recipe's rule picks the head training kept
+    (run,) = json.loads((tmp_path / "out" / "epochs.json").read_text())["runs"]
+    assert [entry["epoch"] for entry in run["epochs"]] == [-1, 0, 1]
+    assert run["epochs"][0]["test"] == {key: rows["lcam_init"][key] for key in run["epochs"][0]["test"]}
+    head_dir = tmp_path / "out" / "shapes" / "demo-cnn" / "seed0" / "lcam_classifier"
+    kept = torch.load(head_dir / "lcam_best.pth.tar", weights_only=True)["epoch"]
+    recipe_pick = small_data.EPOCH_RULES["ad, the start competing (the recipe)"](run["epochs"])
+    assert recipe_pick == kept
+    kept_row = next(entry for entry in run["epochs"] if entry["epoch"] == kept)["test"]
+    assert kept_row["AD100"] == rows["lcam_classifier"]["AD100"]
+    assert "| ad, the start competing (the recipe) | " + str(kept) in (tmp_path / "out" / "epochs.md").read_text()
     assert (tmp_path / "out" / "shapes" / "demo-cnn" / "seed0" / "lcam_classifier" / "lcam_best.pth.tar").is_file()
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "### shapes, demo-cnn" in markdown and "pointing game" in markdown and "usual tolerance of 2 px" in markdown

@@ -264,3 +264,15 @@ def test_ad_ic_criterion_weighs_both_scores():
     by_ad = BestTracker("ad")
     by_ad.set_start({"val_ad": 15.0, "val_ic": 23.0}, candidate=True)
     assert not by_ad.update({"val_ad": 15.8, "val_ic": 31.0})  # by AD alone the start stays
+
+
+def test_kept_epoch_is_the_checkpoint_fit_keeps():
+    from utils.training.validation import kept_epoch
+
+    start = {"val_ad": 10.0, "val_ic": 20.0}
+    epochs = [{"epoch": 0, "val_ad": 11.0, "val_ic": 25.0}, {"epoch": 1, "val_ad": 9.0, "val_ic": 19.0}]
+    assert kept_epoch("ad", start, epochs, start_competes=True) == 1
+    assert kept_epoch("ad", start, epochs[:1], start_competes=True) == -1
+    assert kept_epoch("ad", start, epochs[:1], start_competes=False) == 0
+    assert kept_epoch("ad_ic", start, epochs, start_competes=True) == 0  # 11 - 25 beats 9 - 19 and 10 - 20
+    assert kept_epoch("ad", None, [], start_competes=True) is None

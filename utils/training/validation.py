@@ -31,6 +31,7 @@ __all__ = [
     "HeldOutCheck",
     "keep_best",
     "keep_start",
+    "kept_epoch",
     "report_validation",
     "save_training_curves",
 ]
@@ -223,6 +224,20 @@ class BestTracker:
             f"warning: the held-out masked-image accuracy has not improved for {self.since_better} epochs "
             f"(best {self.best_accuracy:.1f} %): the head may not be learning; see {SMALL_DATA_DOC}"
         )
+
+
+def kept_epoch(
+    best_by: str, start: dict[str, Any] | None, epochs: Sequence[dict[str, Any]], start_competes: bool
+) -> int | None:
+    """The epoch whose checkpoint :func:`utils.training.fit` keeps as ``lcam_best.pth.tar`` for
+    these held-out scores: -1 for the start (``start_competes``), an epoch's ``epoch``, or
+    None when no score decides."""
+    tracker = BestTracker(best_by, plateau_epochs=0)
+    kept = -1 if start is not None and tracker.set_start(start, start_competes) else None
+    for summary in epochs:
+        if tracker.update(summary):
+            kept = summary["epoch"]
+    return kept
 
 
 def keep_best(checkpoint: str, snapshot_dir: str) -> str:
