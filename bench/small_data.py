@@ -52,6 +52,7 @@ from utils.evaluation import LCAMExplainer, load_lcam_model
 from utils.evaluation.reports import ResultsTable
 from utils.explainers.baselines import NormalizedClassifier, build_explainer
 from utils.training.log import LOG_NAME
+from utils.training.recipe import RECIPES
 from utils.training.study import SCORE_COLUMNS, predict, score_explainer, train_classifier, write_predicted_datalist
 from utils.training.validation import kept_epoch
 
@@ -243,7 +244,7 @@ def _initial_head(args, classifier: NormalizedClassifier, device) -> GenericLCAM
     model = GenericLCAM.build(
         backbone=classifier.classifier, num_classes=args.num_classes, input_size=args.canvas_size
     ).to(device)
-    init_head_from_classifier(model, 0.1)
+    init_head_from_classifier(model, RECIPES["small-data"].head_init_scale)
     return model.eval()
 
 

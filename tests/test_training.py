@@ -226,6 +226,11 @@ def test_train_transform_flips_only_with_hflip(hflip):
     assert (mirrored > 0) == hflip
 
 
+def _one_batch():
+    """A loader of one batch: four 32 px images, labels 0, 1, 2, 0."""
+    return [(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0]))]
+
+
 def _scripted_held_out(scores):
     """A held-out check that returns ``scores`` in turn (the start first), recording each call."""
     calls = []
@@ -241,7 +246,7 @@ def test_held_out_start_is_scored_logged_and_warned_against(tmp_path, capsys):
     import json
 
     model = tiny_lcam(num_classes=3).train()
-    batch = [(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0]))]
+    batch = _one_batch()
     # start AD/IC 5 / 20; epoch 1 only AD worse, epoch 2 both worse, epoch 3 both worse again
     scores = [{"val_ad": 5.0, "val_ic": 20.0}, {"val_ad": 6.0, "val_ic": 21.0}, {"val_ad": 9.0, "val_ic": 15.0}]
     validate, calls = _scripted_held_out([*scores, {"val_ad": 11.0, "val_ic": 9.0}])
@@ -270,7 +275,7 @@ def test_start_kept_as_best_until_an_epoch_beats_it(tmp_path, capsys):
 
     model = tiny_lcam(num_classes=3).train()
     initial = _head_weights(model)
-    batch = [(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0]))]
+    batch = _one_batch()
     best = tmp_path / BEST_NAME
     # AD: start 5, then 6 and 7: no epoch beats the start, which stays lcam_best.pth.tar
     validate, _ = _scripted_held_out([{"val_ad": 5.0, "val_ic": 20.0}, {"val_ad": 6.0}, {"val_ad": 7.0}])
@@ -301,7 +306,7 @@ def test_start_is_not_a_candidate_by_default(tmp_path):
     from utils.training.validation import BEST_NAME
 
     model = tiny_lcam(num_classes=3).train()
-    batch = [(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0]))]
+    batch = _one_batch()
     validate, _ = _scripted_held_out([{"val_ad": 5.0, "val_ic": 20.0}, {"val_ad": 6.0}])
     options = TrainOptions(device=CPU, snapshot_dir=str(tmp_path), progress=False, validate=validate, best_by="ad")
     fit(model, batch, build_optimizer(model, 1e-2), 1, options)

@@ -33,11 +33,11 @@ __all__ = [
     "collate_skip_unreadable",
     "describe_unreadable",
     "eval_transform",
+    "evaluation_samples",
     "folder_samples",
     "read_datalist",
     "sample_seed",
     "samples_from",
-    "evaluation_samples",
     "train_transform",
 ]
 
