@@ -69,6 +69,7 @@ from utils.evaluation.insertion_deletion import (
 )
 from utils.evaluation.localization import (
     LOCALIZATION_COLUMNS,
+    POINTING_CEILING_COLUMN,
     evaluate_localization,
     load_sample_boxes,
     localization_cells,
@@ -258,7 +259,7 @@ def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tupl
         header += ["deletion AUC ↓", "insertion AUC ↑"]
     localization = any("max_box_acc_v2" in result for result in results)
     if localization:
-        header += [title for _, title in LOCALIZATION_COLUMNS]
+        header += [title for _, title in (*LOCALIZATION_COLUMNS, POINTING_CEILING_COLUMN)]
     rows = []
     for result in results:
         row = [result["family"], result["method"]]
@@ -287,7 +288,9 @@ TABLE_NOTE = (
     "(LeRF, higher is better) relevant pixels are imputed, combined = (LeRF - MoRF) / 2 (higher is "
     "better); acc %: images whose top-1 class survives (per percentile in road.csv). "
     "Localisation (--boxes), on the correctly classified images with a box: pointing game, share of the "
-    "map's energy in the boxes, MaxBoxAcc at IoU 0.3/0.5/0.7 and MaxBoxAccV2 (their mean); higher is better."
+    "map's energy in the boxes, MaxBoxAcc at IoU 0.3/0.5/0.7 and MaxBoxAccV2 (their mean); higher is better. "
+    "Pointing game ceiling: the most any map at the method's resolution, upsampled, could score "
+    "(a coarse map peaks only near its cells' centres, so it cannot point into a small box between them)."
 )
 
 

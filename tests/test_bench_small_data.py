@@ -46,6 +46,8 @@ def test_tiny_study_writes_every_method_and_the_verdict(tmp_path, run_command):
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "### shapes, demo-cnn" in markdown and "pointing game" in markdown and "usual tolerance of 2 px" in markdown
     assert rows["gradcam"]["pointing_tolerance"] == 2 and 0 <= rows["gradcam"]["pointing_game_tolerant"] <= 100
+    assert all(row["pointing_game"] <= row["pointing_game_ceiling"] <= 100 for row in rows.values())
+    assert "at this network's resolution, upsampled, can score more than" in markdown
     assert (tmp_path / "out" / "results.csv").read_text().startswith("dataset,network,seed,method,AD100")
 
 
@@ -61,7 +63,7 @@ def test_resnet18_for_small_images_keeps_a_4x4_grid_at_64_px():
 
     from models.generic import GenericLCAM, load_network
 
-    spec, layer, _ = small_data.NETWORKS["resnet18-small"]
+    spec, layer, _, _ = small_data.NETWORKS["resnet18-small"]
     network, _ = load_network(spec, pretrained=False, num_classes=6)
     model = GenericLCAM(network, layer=layer, input_size=64, backbone_mode="frozen").eval()
     with torch.no_grad():
@@ -88,4 +90,7 @@ def test_classifier_epochs_default_per_network(tmp_path, monkeypatch):
         small_data._classifier(args, network, split, str(run_dir), 0, torch.device("cpu"))
     assert epochs_used == [12, 8, 3]
     defaults = small_data.get_args_parser().parse_args([])
-    assert (defaults.networks, defaults.head_epochs) == ("demo-cnn,resnet18-small", 3)
+    assert defaults.networks == "demo-cnn,resnet18-small"
+    assert [small_data.head_epochs(defaults, network) for network in ("demo-cnn", "resnet18-small")] == [10, 3]
+    given = small_data.get_args_parser().parse_args(["--head_epochs", "2"])
+    assert [small_data.head_epochs(given, network) for network in ("demo-cnn", "resnet18-small")] == [2, 2]

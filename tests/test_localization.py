@@ -26,8 +26,11 @@ from utils.evaluation.localization import (
     box_masks,
     energy_in_box,
     max_box_accuracy,
+    peak_pixels,
+    pointing_ceiling,
     pointing_game,
 )
+from utils.metrics import upsample_bilinear
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,6 +63,52 @@ def test_pointing_game_hits_misses_tolerance_constant_maps_and_any_box():
     assert pointing_game(maps, boxes, tolerance=1).tolist() == [True, True, False]
     second_box = [torch.tensor([[0, 0, 4, 4], [4, 4, 5, 5]])] * 3
     assert pointing_game(maps, second_box).tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("grid", [2, 3, 4, 7, 8, 64])
+@pytest.mark.parametrize("size", [64, 50])
+def test_peak_pixels_are_exactly_where_upsampled_maps_peak(grid, size):
+    """Every pixel named is the peak of some random map, and no other pixel is."""
+    generator = torch.Generator().manual_seed(grid * 100 + size)
+    maps = torch.rand(2000, 1, grid, grid, generator=generator, dtype=torch.float64)  # float32 can round near-ties
+    peaks = upsample_bilinear(maps, (size, size)).flatten(1).argmax(dim=1)
+    for seen in (peaks % size, peaks // size):
+        assert set(seen.tolist()) == set(torch.nonzero(peak_pixels(grid, size)).flatten().tolist())
+
+
+def test_a_plateau_points_at_its_first_pixel():
+    maps = torch.zeros(2, 1, 4, 4)
+    maps[0, 0, 0, 0] = maps[0, 0, 0, 1] = 1.0  # two equal cells: the first pixel after the first centre
+    maps[1, 0, 3, 3] = 1.0  # the corner cell: the constant run that ends both axes
+    peaks = upsample_bilinear(maps, (64, 64)).flatten(1).argmax(dim=1)
+    assert [(int(peak % 64), int(peak // 64)) for peak in peaks] == [(0, 0), (56, 56)]
+
+
+def test_peak_pixels_of_a_4x4_map_at_64_px_and_the_ceiling_of_boxes_between_them():
+    assert torch.nonzero(peak_pixels(4, 64)).flatten().tolist() == [0, 23, 24, 39, 40, 56]
+    assert peak_pixels(1, 10).tolist() == [True] + [False] * 9
+    boxes = torch.tensor([[9, 9, 20, 20], [9, 20, 20, 30], [20, 20, 30, 30], [56, 0, 57, 1]])
+    # a box between the centres of a 4 x 4 grid; reachable in one axis; in both; the corners
+    assert pointing_ceiling(boxes, (4, 4), (64, 64)).tolist() == [False, False, True, True]
+    assert pointing_ceiling(boxes, (8, 8), (64, 64)).tolist() == [True, True, True, False]
+    assert pointing_ceiling(boxes, (64, 64), (64, 64)).all()
+    assert pointing_ceiling(boxes, (4, 4), (64, 64), tolerance=4).all()
+    assert not pointing_ceiling(boxes, (1, 1), (64, 64)).any()  # a constant map never points
+    with pytest.raises(ValueError, match="'grid' and 'size' must be >= 1"):
+        peak_pixels(0, 64)
+
+
+@pytest.mark.parametrize("grid", [4, 8])
+def test_no_map_points_better_than_the_ceiling(grid):
+    generator = torch.Generator().manual_seed(grid)
+    corners = torch.randint(0, 56, (500, 2), generator=generator)
+    sides = torch.randint(2, 9, (500, 2), generator=generator)
+    boxes = torch.cat([corners, corners + sides], dim=1)
+    reachable = pointing_ceiling(boxes, (grid, grid), (64, 64))
+    assert 0 < reachable.sum() < len(boxes)
+    for _ in range(5):
+        maps = upsample_bilinear(torch.rand(500, 1, grid, grid, generator=generator), (64, 64))
+        assert not (pointing_game(maps, boxes) & ~reachable).any()
 
 
 def test_a_map_equal_to_the_box_scores_100_and_a_constant_map_gets_the_whole_image_box():
@@ -211,7 +260,12 @@ def boxed_list(setup, tmp_path_factory):  # noqa: F811
     boxes[0] = torch.tensor([[5, 10, 50, 55], [0, 0, 14, 19]])
     meter = LocalizationMeter()
     meter.update(maps[:-1], boxes)
-    return datalist, box_file, meter.summary()
+    ceiling = pointing_ceiling(boxes, raw.shape[-2:], (CROP_SIZE, CROP_SIZE)).double().mean() * 100
+    return (
+        datalist,
+        box_file,
+        meter.summary() | {"pointing_game_ceiling": float(ceiling), "map_size": list(raw.shape[-2:])},
+    )
 
 
 def test_boxes_on_the_evaluation_command_and_compare(setup, boxed_list, tmp_path):  # noqa: F811
@@ -229,6 +283,8 @@ def test_boxes_on_the_evaluation_command_and_compare(setup, boxed_list, tmp_path
     written = json.loads((tmp_path / "eval" / "result_localization.json").read_text())
     for key in ("pointing_game", "energy_in_box", "max_box_acc_30", "max_box_acc_50", "max_box_acc_70"):
         assert written["summary"][key] == pytest.approx(expected[key])
+    assert written["summary"]["map_size"] == expected["map_size"]
+    assert written["summary"]["pointing_game_ceiling"] == pytest.approx(expected["pointing_game_ceiling"])
     assert written["summary"]["count"] == 5 and written["summary"]["without_box"] == 1
     with open(tmp_path / "eval" / "result_localization.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 5
@@ -249,6 +305,7 @@ def test_boxes_on_the_evaluation_command_and_compare(setup, boxed_list, tmp_path
     with open(tmp_path / "compare" / "comparison.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
     assert float(table[0]["MaxBoxAccV2 % ↑"]) == pytest.approx(round(expected["max_box_acc_v2"], 2))
+    assert float(table[0]["pointing game ceiling %"]) == pytest.approx(round(expected["pointing_game_ceiling"], 2))
     assert not math.isnan(float(table[1]["pointing game % ↑"]))  # Grad-CAM's row
 
 
@@ -268,7 +325,7 @@ def test_pointing_tolerance_on_the_evaluation_command_and_compare(setup, boxed_l
     summary = json.loads((tmp_path / "eval" / "result_localization.json").read_text())["summary"]
     assert (summary["pointing_game"], summary["pointing_tolerance"]) == (100.0, 100)
     assert summary["energy_in_box"] == pytest.approx(expected["energy_in_box"])  # the tolerance is the point's only
-    assert "Pointing game (tolerance 100 px): 100.00 %" in capsys.readouterr().out
+    assert "Pointing game (tolerance 100 px): 100.00 % (at most 100.00 % for maps of" in capsys.readouterr().out
 
     compare_parser = compare.get_args_parser()
     compare_args = compare_parser.parse_args(

@@ -70,6 +70,31 @@ def test_pointing_game_with_the_usual_tolerance(images, tiny_classifier, column,
     assert (row["pointing_game"], row["pointing_game_tolerant"]) == (strict, tolerant)
 
 
+class _Coarse:
+    """An explainer of random 4 x 4 maps."""
+
+    def explain(self, images, classes):
+        return torch.rand(images.size(0), 1, 4, 4, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(
+    ("explainer", "box", "ceiling"),
+    [
+        (_Coarse(), [4, 4, 20, 24], 100.0),
+        (_Coarse(), [13, 13, 19, 19], 0.0),
+        (_PeakAt(15, 15), [13, 13, 19, 19], 100.0),
+    ],
+)
+def test_pointing_game_ceiling_at_the_explainers_resolution(images, tiny_classifier, explainer, box, ceiling):
+    """At 32 px a 4 x 4 map peaks only in columns and rows 0, 11, 12, 19, 20, 28: a box of
+    rows and columns 13..18 is out of its reach, not of a map at the image's size."""
+    classifier = tiny_classifier()
+    x, labels, _ = _held_out(images, classifier, 3)
+    row, _ = score_explainer(classifier, explainer, x, labels, torch.tensor([box] * 3), "cpu", progress=False)
+    assert row["pointing_game_ceiling"] == ceiling
+    assert row["pointing_game"] <= ceiling
+
+
 class _Counting:
     """Counts the images an explainer is asked to explain."""
 

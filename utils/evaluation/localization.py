@@ -55,6 +55,7 @@ __all__ = [
     "CAM_THRESHOLDS",
     "IOU_THRESHOLDS",
     "LOCALIZATION_COLUMNS",
+    "POINTING_CEILING_COLUMN",
     "LocalizationMeter",
     "LocalizationResult",
     "best_iou_per_threshold",
@@ -70,6 +71,8 @@ __all__ = [
     "load_sample_boxes",
     "max_box_accuracy",
     "pad_boxes",
+    "peak_pixels",
+    "pointing_ceiling",
     "pointing_game",
     "usual_pointing_tolerance",
     "write_localization",
@@ -87,6 +90,8 @@ LOCALIZATION_COLUMNS = (
     ("max_box_acc_70", "MaxBoxAcc IoU 0.7 % ↑"),
     ("max_box_acc_v2", "MaxBoxAccV2 % ↑"),
 )
+# the most any map at the explainer's resolution, upsampled, can score in the pointing game
+POINTING_CEILING_COLUMN = ("pointing_game_ceiling", "pointing game ceiling %")
 
 BoxesLike = torch.Tensor | Sequence[torch.Tensor]
 
@@ -191,6 +196,46 @@ def pointing_game(maps: torch.Tensor, boxes: BoxesLike, tolerance: int = 0) -> t
     hit = masks.flatten(1).gather(1, peak.view(-1, 1)).squeeze(1)
     constant = flat.amax(dim=1) == flat.amin(dim=1)
     return hit & ~constant
+
+
+def peak_pixels(grid: int, size: int) -> torch.Tensor:
+    """Boolean (``size``,): the pixels of one axis where a map of ``grid`` cells, upsampled
+    bilinearly (``align_corners=False``) to ``size`` pixels, can have its first maximum.
+
+    Between two cell centres the upsampled map is linear, so its maximum is at a pixel next to
+    a cell centre: the last pixel before an inner centre or the first after it, and for the two
+    outer cells the first pixel of the constant run that ends (or starts) the axis. That is
+    exact arithmetic; in float32, two neighbouring cells equal to about 1e-7 can put the peak
+    anywhere between their centres."""
+    if grid < 1 or size < 1:
+        raise UserValueError(f"'grid' and 'size' must be >= 1, got {grid} and {size}")
+    centres = ((torch.arange(size, dtype=torch.float64) + 0.5) * grid / size - 0.5).clamp(0, grid - 1)
+    possible = torch.zeros(size, dtype=torch.bool)
+    for cell in range(grid):
+        at_or_after = torch.nonzero(centres >= cell)
+        if len(at_or_after):
+            possible[at_or_after[0]] = True
+        at_or_before = torch.nonzero(centres <= cell)
+        if 0 < cell < grid - 1 and len(at_or_before):
+            possible[at_or_before[-1]] = True
+    return possible
+
+
+def pointing_ceiling(boxes: BoxesLike, grid: Sequence[int], size: Sequence[int], tolerance: int = 0) -> torch.Tensor:
+    """Boolean (N,): whether each image's boxes hold a pixel where a map of ``grid`` (h, w)
+    cells upsampled to ``size`` (H, W) can peak (:func:`peak_pixels`). Its mean bounds the
+    :func:`pointing_game` of every map of that resolution from above: at 64 px an 8 x 8 map
+    can peak at 14 pixels per axis, a 4 x 4 map at 6 (0, 23, 24, 39, 40, 56), so a small box
+    between its cells' centres is missed whatever the map. A map of one cell is constant and
+    never points."""
+    height, width = int(size[0]), int(size[1])
+    rows, columns = int(grid[0]), int(grid[1])
+    reachable = peak_pixels(rows, height)[:, None] & peak_pixels(columns, width)[None, :]
+    if rows == columns == 1:
+        reachable = torch.zeros_like(reachable)
+    count = boxes.size(0) if torch.is_tensor(boxes) else len(boxes)
+    masks = _union_masks(boxes, reachable.expand(count, height, width), tolerance)
+    return (masks & reachable.to(masks.device)).flatten(1).any(dim=1)
 
 
 def box_iou(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -342,6 +387,29 @@ class LocalizationResult:
         return len(self.indices)
 
 
+class _MapSizeNoting:
+    """Passes an explainer through (``explain``, and ``predict_and_explain`` when it has one)
+    and notes the size (h, w) of the maps it returns, before they are upsampled."""
+
+    def __init__(self, explainer: Explainer) -> None:
+        self.explainer = explainer
+        self.map_size: tuple[int, int] | None = None
+        if hasattr(explainer, "predict_and_explain"):
+            self.predict_and_explain = self._predict_and_explain
+
+    def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return self._noted(self.explainer.explain(images, classes))
+
+    def _predict_and_explain(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, maps = self.explainer.predict_and_explain(images)
+        return logits, self._noted(maps)
+
+    def _noted(self, maps: torch.Tensor) -> torch.Tensor:
+        if torch.is_tensor(maps):
+            self.map_size = (int(maps.shape[-2]), int(maps.shape[-1]))
+        return maps
+
+
 def evaluate_localization(
     classifier: Classifier,
     explainer: Explainer,
@@ -366,10 +434,15 @@ def evaluate_localization(
             tight box; see :func:`usual_pointing_tolerance`); kept in the summary.
 
     Returns:
-        :class:`LocalizationResult`; its summary is NaN when no image was scored.
+        :class:`LocalizationResult`; its summary is NaN when no image was scored. The summary
+        also holds ``map_size`` (the explainer's maps before upsampling) and
+        ``pointing_game_ceiling``, the most any map of that size could score in the pointing
+        game on these images (:func:`pointing_ceiling`, same tolerance).
     """
     device = torch.device(device)
     meter = LocalizationMeter(pointing_tolerance)
+    explainer = _MapSizeNoting(explainer)
+    reachable: list[torch.Tensor] = []
     kept: dict[str, list[torch.Tensor]] = {"indices": [], "labels": [], "predicted": []}
     without_box = seen = 0
     total = len(loader.dataset) if hasattr(getattr(loader, "dataset", None), "__len__") else None
@@ -390,16 +463,20 @@ def evaluate_localization(
             chosen = predicted == labels if correct_only else torch.ones_like(labels, dtype=torch.bool)
             if not chosen.any():
                 continue
-            meter.update(maps[chosen.to(maps.device)], [boxes[int(index)] for index in indices[chosen]])
+            chosen_boxes = [boxes[int(index)] for index in indices[chosen]]
+            meter.update(maps[chosen.to(maps.device)], chosen_boxes)
+            reachable.append(pointing_ceiling(chosen_boxes, explainer.map_size, maps.shape[-2:], pointing_tolerance))
             for name, values in (("indices", indices), ("labels", labels), ("predicted", predicted)):
                 kept[name].append(values[chosen])
     if meter.count:
         energy, hits, best_ious = meter.per_image()
         summary = meter.summary()
+        summary["pointing_game_ceiling"] = float(torch.cat(reachable).double().mean() * 100)
+        summary["map_size"] = list(explainer.map_size)
     else:
         energy, hits = torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)
         best_ious = torch.zeros(0, len(CAM_THRESHOLDS), dtype=torch.float64)
-        summary = {key: math.nan for key, _ in LOCALIZATION_COLUMNS} | {"count": 0}
+        summary = {key: math.nan for key, _ in (*LOCALIZATION_COLUMNS, POINTING_CEILING_COLUMN)} | {"count": 0}
     summary["without_box"] = without_box
     summary["pointing_tolerance"] = pointing_tolerance
     return LocalizationResult(
@@ -442,10 +519,10 @@ def localization_output(output: str | os.PathLike) -> str:
 
 
 def localization_row(result: LocalizationResult) -> dict[str, float | int]:
-    """The columns a comparison row gains (:data:`LOCALIZATION_COLUMNS`), the number of
-    images scored and of images without a box."""
+    """The columns a comparison row gains (:data:`LOCALIZATION_COLUMNS` and the pointing
+    game's ceiling), the number of images scored and of images without a box."""
     return {
-        **{key: result.summary[key] for key, _ in LOCALIZATION_COLUMNS},
+        **{key: result.summary[key] for key, _ in (*LOCALIZATION_COLUMNS, POINTING_CEILING_COLUMN)},
         "pointing_tolerance": result.summary.get("pointing_tolerance", 0),
         "localized_images": result.count,
         "images_without_box": result.without_box,
@@ -453,8 +530,9 @@ def localization_row(result: LocalizationResult) -> dict[str, float | int]:
 
 
 def localization_cells(row: dict) -> list[float]:
-    """The row's :data:`LOCALIZATION_COLUMNS` values rounded for a table (NaN when absent)."""
-    return [round(row.get(key, math.nan), 2) for key, _ in LOCALIZATION_COLUMNS]
+    """The row's :data:`LOCALIZATION_COLUMNS` values and the pointing game's ceiling, rounded
+    for a table (NaN when absent)."""
+    return [round(row.get(key, math.nan), 2) for key, _ in (*LOCALIZATION_COLUMNS, POINTING_CEILING_COLUMN)]
 
 
 def localization_chart_scores(row: dict) -> dict[str, float]:
@@ -468,8 +546,12 @@ def format_localization(result: LocalizationResult) -> list[str]:
     which = "correctly classified images with a box" if result.correct_only else "images with a box"
     tolerance = summary.get("pointing_tolerance", 0)
     pointing = f"Pointing game (tolerance {tolerance} px)" if tolerance else "Pointing game"
+    ceiling = ""
+    if "map_size" in summary:
+        height, width = summary["map_size"]
+        ceiling = f" (at most {summary['pointing_game_ceiling']:.2f} % for maps of {height} x {width}, upsampled)"
     return [
-        f"{pointing}: {summary['pointing_game']:.2f} %  Energy in boxes: {summary['energy_in_box']:.2f} %",
+        f"{pointing}: {summary['pointing_game']:.2f} %{ceiling}  Energy in boxes: {summary['energy_in_box']:.2f} %",
         "MaxBoxAccV2: {:.2f} % (IoU 0.3: {:.2f} %, 0.5: {:.2f} %, 0.7: {:.2f} %)".format(
             *(summary[key] for key in ("max_box_acc_v2", "max_box_acc_30", "max_box_acc_50", "max_box_acc_70"))
         ),

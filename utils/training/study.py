@@ -19,7 +19,12 @@ from utils.core.errors import UserValueError
 from utils.core.files import atomic_open
 from utils.evaluation import evaluate, normalize_and_upsample
 from utils.evaluation.insertion_deletion import InsertionDeletionMeter, insertion_deletion_curves
-from utils.evaluation.localization import LocalizationMeter, pointing_game, usual_pointing_tolerance
+from utils.evaluation.localization import (
+    LocalizationMeter,
+    pointing_ceiling,
+    pointing_game,
+    usual_pointing_tolerance,
+)
 from utils.evaluation.road import evaluate_road
 from utils.explainers.baselines import NormalizedClassifier
 from utils.training.loop import TrainOptions, fit
@@ -175,7 +180,9 @@ def score_explainer(
     :func:`utils.evaluation.evaluate`) and, on the correctly classified images, the energy in
     the box and the pointing game, all in percent (:data:`SCORE_COLUMNS`), the pointing game
     with its usual tolerance (``pointing_game_tolerant``, ``pointing_tolerance`` pixels: 15 at
-    224 px, :func:`utils.evaluation.localization.usual_pointing_tolerance`) and
+    224 px, :func:`utils.evaluation.localization.usual_pointing_tolerance`), the most any map
+    at the explainer's resolution can score in the strict pointing game
+    (``pointing_game_ceiling``, :func:`utils.evaluation.localization.pointing_ceiling`) and
     ``max_box_acc_v2``; with ``id_step``, the mean ``deletion_auc`` and ``insertion_auc`` of
     the same maps, ``id_step`` pixels per step, in percent of a curve at probability 1
     (:mod:`utils.evaluation.insertion_deletion`); with ``road_images`` > 0, ROAD on the first
@@ -190,7 +197,8 @@ def score_explainer(
     result = evaluate(
         classifier, recorder, loader, KEPT_FRACTIONS, device=device, description=description, progress=progress
     )
-    maps = normalize_and_upsample(torch.cat(recorder.maps), images.shape[-2:])
+    raw_maps = torch.cat(recorder.maps)
+    maps = normalize_and_upsample(raw_maps, images.shape[-2:])
     correct = result.predicted == result.labels
     meter = LocalizationMeter()
     meter.update(maps[correct], boxes[correct])
@@ -202,11 +210,13 @@ def score_explainer(
     localisation = meter.summary()
     tolerance = usual_pointing_tolerance(max(images.shape[-2:]))
     tolerant_hits = pointing_game(maps[correct], boxes[correct], tolerance)
+    reachable = pointing_ceiling(boxes[correct], raw_maps.shape[-2:], images.shape[-2:])
     row.update(
         energy_in_box=localisation["energy_in_box"],
         pointing_game=localisation["pointing_game"],
         pointing_game_tolerant=float(tolerant_hits.double().mean() * 100),
         pointing_tolerance=tolerance,
+        pointing_game_ceiling=float(reachable.double().mean() * 100),
         max_box_acc_v2=localisation["max_box_acc_v2"],
         images=result.num_images,
         localised_images=localisation["count"],
