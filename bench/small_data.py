@@ -15,7 +15,8 @@ classifier.pth`` (the ``small-data`` recipe, the README's command, with ``--val_
 validation images) in a child process and measure its CPU time; (3) score on the test images,
 with the explained class the prediction: Grad-CAM, the L-CAM head at its initialisation (0
 training steps: the classifier's CAM), and each trained head (``lcam_best.pth.tar``): AD/IC
-at 100/50/15 % kept, energy in the box and pointing game (correctly classified images).
+at 100/50/15 % kept, energy in the box and pointing game (correctly classified images),
+strict and with the usual tolerance, and the strict game's ceiling at the network's map size.
 
 Writes ``results.json`` / ``results.csv`` (one row per dataset, network, seed and method) and
 ``results.md`` (mean and standard deviation over the seeds, and whether L-CAM-Img with the
@@ -117,6 +118,11 @@ def resnet18_small_images(num_classes: int = 1000) -> nn.Module:
     return network
 
 
+def _per_network(field: str) -> str:
+    """ "per network: demo-cnn 12, ..." for a field of :class:`Network`, for the help."""
+    return "per network: " + ", ".join(f"{name} {getattr(network, field)}" for name, network in NETWORKS.items())
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench.small_data",
@@ -141,17 +147,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--classifier_epochs",
         type=positive_int,
         default=None,
-        help="classifier training epochs [per network: "
-        + ", ".join(f"{name} {network.classifier_epochs}" for name, network in NETWORKS.items())
-        + "]",
+        help=f"classifier training epochs [{_per_network('classifier_epochs')}]",
     )
     parser.add_argument(
         "--head_epochs",
         type=non_negative_int,
         default=None,
-        help="train_L_CAM.py --epoch [per network: "
-        + ", ".join(f"{name} {network.head_epochs}" for name, network in NETWORKS.items())
-        + "]",
+        help=f"train_L_CAM.py --epoch [{_per_network('head_epochs')}]",
     )
     parser.add_argument("--head_batch_size", type=positive_int, default=32, help="train_L_CAM.py --batch_size")
     parser.add_argument(
