@@ -43,7 +43,7 @@ from torch import nn
 
 from models.generic import GenericLCAM, init_head_from_classifier
 from utils.core.checkpoint import save_checkpoint
-from utils.core.cli import non_negative_int, positive_float, positive_int, run_cli
+from utils.core.cli import command_line, non_negative_int, positive_float, positive_int, run_cli
 from utils.core.errors import UserError
 from utils.core.files import ensure_writable, write_json
 from utils.core.runtime import resolve_device, seed_everything
@@ -477,17 +477,6 @@ class _RunRecord:
         return write_results(rows, self.info, self.output_dir)
 
 
-def _command(args: argparse.Namespace) -> str:
-    """The ``python demo.py ...`` command line of ``args`` (flags at their default left out)."""
-    defaults = vars(get_args_parser(add_help=False).parse_args([]))
-    flags = [
-        f"--{key}" if value is True else f"--{key} {value}"
-        for key, value in vars(args).items()
-        if value != defaults.get(key)
-    ]
-    return " ".join(["python demo.py", *flags])
-
-
 def _cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux), for the record of the run."""
     try:
@@ -502,7 +491,7 @@ def _cpu_name() -> str:
 
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> list[dict]:
     parser = parser or get_args_parser()
-    command = _command(args)
+    command = command_line("python demo.py", args, get_args_parser(add_help=False))
     methods = _check_args(args, parser)
     device = resolve_device(args.device)
     ensure_writable(args.output_dir, "--output_dir", is_folder=True)

@@ -43,7 +43,7 @@ from torch import nn
 
 from models.generic import GenericLCAM, init_head_from_classifier, load_network
 from utils.core.checkpoint import checkpoint_name
-from utils.core.cli import REPO_ROOT, non_negative_int, positive_int, run_cli
+from utils.core.cli import REPO_ROOT, command_line, non_negative_int, positive_int, run_cli
 from utils.core.errors import UserValueError
 from utils.core.files import atomic_open, ensure_writable, write_json
 from utils.core.runtime import resolve_device, seed_everything
@@ -492,6 +492,7 @@ def run_one(args, dataset_name: str, dataset, network: str, seed: int, device, r
 
 
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    command = command_line("python -m bench.small_data", args, get_args_parser(add_help=False))
     if args.quick:
         defaults = get_args_parser(add_help=False).parse_args([])
         for key, value in QUICK.items():
@@ -503,7 +504,7 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     seeds = _seeds(args.seeds)
     ensure_writable(args.output_dir, "--output_dir", is_folder=True)
     device = resolve_device(args.device)
-    info = {"command": "python -m bench.small_data " + " ".join(sys.argv[1:]), "args": vars(args).copy()}
+    info = {"command": command, "args": vars(args).copy()}
     info["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
     rows: list[dict[str, Any]] = []
     epoch_runs: list[dict[str, Any]] = []

@@ -45,6 +45,9 @@ def test_tiny_study_writes_every_method_and_the_verdict(tmp_path, run_command):
     assert (tmp_path / "out" / "shapes" / "demo-cnn" / "seed0" / "lcam_classifier" / "lcam_best.pth.tar").is_file()
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "### shapes, demo-cnn" in markdown and "pointing game" in markdown and "usual tolerance of 2 px" in markdown
+    assert markdown.startswith(
+        f"Command: `python -m bench.small_data --output_dir {tmp_path / 'out'} --datasets shapes"
+    )
     assert rows["gradcam"]["pointing_tolerance"] == 2 and 0 <= rows["gradcam"]["pointing_game_tolerant"] <= 100
     assert all(row["pointing_game"] <= row["pointing_game_ceiling"] <= 100 for row in rows.values())
     assert "at this network's resolution, upsampled, can score more than" in markdown

@@ -1,5 +1,6 @@
 """run_cli: one error line and exit status 2 for a user's mistake (a UserError), a traceback
-for any other exception (a bug), 130 for Ctrl-C; warnings as one line; the flag types."""
+for any other exception (a bug), 130 for Ctrl-C; warnings as one line; the flag types; the
+command line that repeats a run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import warnings
 
 import pytest
 
-from utils.core.cli import run_cli
+from utils.core.cli import command_line, run_cli
 from utils.core.errors import UserFileNotFoundError, UserValueError
 from utils.training.loop import NonFiniteLossError
 
@@ -100,3 +101,14 @@ def test_flag_types_refuse_in_one_parser_line(kind, text, accepted, capsys):
 def test_a_warning_is_one_line_without_source(capsys):
     assert run_cli(_main, _parser(), ["--fail", "warn"]) == "warned"
     assert capsys.readouterr().err == "tool.py: warning: first line second line\n"
+
+
+def test_command_line_names_the_flags_that_differ_from_their_defaults():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--list", required=True)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--flags", default="")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(["--list", "a b.txt", "--epochs", "3", "--flags", "--lr 3e-3", "--quick"])
+    assert command_line("python tool.py", args, parser) == "python tool.py --list 'a b.txt' --flags '--lr 3e-3' --quick"
+    assert command_line("python tool.py", parser.parse_args(["--list", "x"]), parser) == "python tool.py --list x"

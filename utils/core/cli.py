@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ __all__ = [
     "add_image_size_arguments",
     "add_precision_arguments",
     "add_subset_arguments",
+    "command_line",
     "fraction",
     "non_negative_int",
     "one_line_warnings",
@@ -169,6 +171,18 @@ def add_precision_arguments(group: argparse._ActionsContainer, amp_help: str = "
     """``--amp none|bf16|fp16`` and ``--channels_last``."""
     group.add_argument("--amp", default="none", choices=AMP_CHOICES, help=amp_help)
     group.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster on GPUs)")
+
+
+def command_line(program: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """``program`` and the flags of ``args`` whose value differs from ``parser``'s default (a
+    flag set to True written alone): the command that repeats a run, however ``main`` was
+    called (from a shell, a test or another script)."""
+    flags = [
+        f"--{key}" if value is True else f"--{key} {shlex.quote(str(value))}"
+        for key, value in vars(args).items()
+        if value != parser.get_default(key)
+    ]
+    return " ".join([program, *flags])
 
 
 def _write_above_progress(text: str) -> None:
