@@ -119,7 +119,7 @@ def resnet18_small_images(num_classes: int = 1000) -> nn.Module:
 
 
 def _per_network(field: str) -> str:
-    """ "per network: demo-cnn 12, ..." for a field of :class:`Network`, for the help."""
+    """The help's "per network: demo-cnn 12, ..." for a field of :class:`Network`."""
     return "per network: " + ", ".join(f"{name} {getattr(network, field)}" for name, network in NETWORKS.items())
 
 
@@ -492,11 +492,11 @@ def run_one(args, dataset_name: str, dataset, network: str, seed: int, device, r
 
 
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
-    command = command_line("python -m bench.small_data", args, get_args_parser(add_help=False))
+    parser = get_args_parser(add_help=False)
+    command = command_line("python -m bench.small_data", args, parser)
     if args.quick:
-        defaults = get_args_parser(add_help=False).parse_args([])
         for key, value in QUICK.items():
-            if getattr(args, key) == getattr(defaults, key):
+            if getattr(args, key) == parser.get_default(key):
                 setattr(args, key, value)
     datasets = _names(args.datasets, tuple(DATASETS), "--datasets")
     networks = _names(args.networks, tuple(NETWORKS), "--networks")

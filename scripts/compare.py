@@ -68,8 +68,7 @@ from utils.evaluation.insertion_deletion import (
     save_curves_figure,
 )
 from utils.evaluation.localization import (
-    LOCALIZATION_COLUMNS,
-    POINTING_CEILING_COLUMN,
+    LOCALIZATION_TABLE_COLUMNS,
     evaluate_localization,
     load_sample_boxes,
     localization_cells,
@@ -259,7 +258,7 @@ def _rows(results: list[dict[str, Any]], percentages: tuple[float, ...]) -> tupl
         header += ["deletion AUC ↓", "insertion AUC ↑"]
     localization = any("max_box_acc_v2" in result for result in results)
     if localization:
-        header += [title for _, title in (*LOCALIZATION_COLUMNS, POINTING_CEILING_COLUMN)]
+        header += [title for _, title in LOCALIZATION_TABLE_COLUMNS]
     rows = []
     for result in results:
         row = [result["family"], result["method"]]

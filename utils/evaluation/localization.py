@@ -55,7 +55,7 @@ __all__ = [
     "CAM_THRESHOLDS",
     "IOU_THRESHOLDS",
     "LOCALIZATION_COLUMNS",
-    "POINTING_CEILING_COLUMN",
+    "LOCALIZATION_TABLE_COLUMNS",
     "LocalizationMeter",
     "LocalizationResult",
     "best_iou_per_threshold",
@@ -90,8 +90,9 @@ LOCALIZATION_COLUMNS = (
     ("max_box_acc_70", "MaxBoxAcc IoU 0.7 % ↑"),
     ("max_box_acc_v2", "MaxBoxAccV2 % ↑"),
 )
-# the most any map at the explainer's resolution, upsampled, can score in the pointing game
-POINTING_CEILING_COLUMN = ("pointing_game_ceiling", "pointing game ceiling %")
+# those and the most any map at the explainer's resolution, upsampled, can score in the
+# pointing game (a bound, not a score: not drawn in the charts)
+LOCALIZATION_TABLE_COLUMNS = (*LOCALIZATION_COLUMNS, ("pointing_game_ceiling", "pointing game ceiling %"))
 
 BoxesLike = torch.Tensor | Sequence[torch.Tensor]
 
@@ -476,7 +477,7 @@ def evaluate_localization(
     else:
         energy, hits = torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)
         best_ious = torch.zeros(0, len(CAM_THRESHOLDS), dtype=torch.float64)
-        summary = {key: math.nan for key, _ in (*LOCALIZATION_COLUMNS, POINTING_CEILING_COLUMN)} | {"count": 0}
+        summary = {key: math.nan for key, _ in LOCALIZATION_TABLE_COLUMNS} | {"count": 0}
     summary["without_box"] = without_box
     summary["pointing_tolerance"] = pointing_tolerance
     return LocalizationResult(
@@ -519,10 +520,10 @@ def localization_output(output: str | os.PathLike) -> str:
 
 
 def localization_row(result: LocalizationResult) -> dict[str, float | int]:
-    """The columns a comparison row gains (:data:`LOCALIZATION_COLUMNS` and the pointing
-    game's ceiling), the number of images scored and of images without a box."""
+    """The columns a comparison row gains (:data:`LOCALIZATION_TABLE_COLUMNS`), the number of
+    images scored and of images without a box."""
     return {
-        **{key: result.summary[key] for key, _ in (*LOCALIZATION_COLUMNS, POINTING_CEILING_COLUMN)},
+        **{key: result.summary[key] for key, _ in LOCALIZATION_TABLE_COLUMNS},
         "pointing_tolerance": result.summary.get("pointing_tolerance", 0),
         "localized_images": result.count,
         "images_without_box": result.without_box,
@@ -530,9 +531,8 @@ def localization_row(result: LocalizationResult) -> dict[str, float | int]:
 
 
 def localization_cells(row: dict) -> list[float]:
-    """The row's :data:`LOCALIZATION_COLUMNS` values and the pointing game's ceiling, rounded
-    for a table (NaN when absent)."""
-    return [round(row.get(key, math.nan), 2) for key, _ in (*LOCALIZATION_COLUMNS, POINTING_CEILING_COLUMN)]
+    """The row's :data:`LOCALIZATION_TABLE_COLUMNS` values rounded for a table (NaN when absent)."""
+    return [round(row.get(key, math.nan), 2) for key, _ in LOCALIZATION_TABLE_COLUMNS]
 
 
 def localization_chart_scores(row: dict) -> dict[str, float]:
